@@ -1,0 +1,102 @@
+"""The model interface every estimator talks to (DESIGN.md "API contract", MATH.md section 2).
+
+A :class:`DiffusionModel` has a ``schedule`` and a denoiser ``denoise(x_t, t) ~ E[X_0 | X_t = x_t]``.
+Noise prediction, score and velocity are derived from it through
+:mod:`densityformula.parameterization` (the one conversion), so a model implements one method
+and every estimator and sampler runs on it.  ``denoise`` must be differentiable in ``x_t``
+(estimators use autograd for divergences).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Tuple
+
+import torch
+
+from . import parameterization as P
+from ._validation import TimeLike, as_time, per_point_time
+from .schedules import Schedule
+from .targets import GaussianMixture
+
+Tensor = torch.Tensor
+
+__all__ = ["DiffusionModel", "AnalyticModel"]
+
+
+class DiffusionModel(ABC):
+    """Interface: ``schedule`` plus ``denoise(x_t, t)``; ``eps``, ``score``, ``v`` are derived.
+
+    ``x_t`` has shape ``(n, ...)`` (points ``(n, d)``); ``t`` is a float or an ``(n,)`` tensor
+    in the schedule's range.
+    """
+
+    schedule: Schedule
+
+    @abstractmethod
+    def denoise(self, x_t: Tensor, t: TimeLike) -> Tensor:
+        """``D(x_t, t) ~ E[X_0 | X_t = x_t]``, same shape as ``x_t``."""
+
+    def _scales(self, x_t: Tensor, t: TimeLike) -> Tuple[Tensor, Tensor]:
+        tt = as_time(t, "t").to(x_t.device)
+        if tt.ndim == 1:
+            per_point_time(tt, x_t.shape[0])
+        return self.schedule.alpha(tt).to(x_t.dtype), self.schedule.sigma(tt).to(x_t.dtype)
+
+    def eps(self, x_t: Tensor, t: TimeLike) -> Tensor:
+        """Noise prediction ``(x_t - alpha D) / sigma`` (MATH section 2)."""
+        a, s = self._scales(x_t, t)
+        return P.x0_to_eps(x_t, self.denoise(x_t, t), a, s)
+
+    def score(self, x_t: Tensor, t: TimeLike) -> Tensor:
+        """Score ``-(x_t - alpha D) / sigma^2`` (I1, Tweedie)."""
+        a, s = self._scales(x_t, t)
+        return P.from_x0("score", self.denoise(x_t, t), x_t, a, s)
+
+    def v(self, x_t: Tensor, t: TimeLike) -> Tensor:
+        """Velocity ``alpha eps - sigma D`` (MATH section 2)."""
+        a, s = self._scales(x_t, t)
+        return P.x0_to_v(x_t, self.denoise(x_t, t), a, s)
+
+
+class AnalyticModel(DiffusionModel):
+    """The exact denoiser and score of an analytic target under a schedule (I1-I4).
+
+    Args:
+        target: a :class:`~densityformula.targets.GaussianMixture`.
+        schedule: the forward process.
+    """
+
+    def __init__(self, target: GaussianMixture, schedule: Schedule) -> None:
+        if not isinstance(target, GaussianMixture):
+            raise TypeError(f"target must be a GaussianMixture, got {type(target).__name__}")
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a densityformula Schedule, got {type(schedule).__name__}")
+        self.target = target
+        self.schedule = schedule
+
+    def denoise(self, x_t: Tensor, t: TimeLike) -> Tensor:
+        """Posterior mean ``sum_k r_k m_k`` (I3)."""
+        return self.target.denoise(x_t, t, self.schedule)
+
+    def score(self, x_t: Tensor, t: TimeLike) -> Tensor:
+        """Exact ``grad log q_t`` computed directly (stable even where ``sigma = 0``) (I1)."""
+        return self.target.score(x_t, t, self.schedule)
+
+    def score_divergence(self, x_t: Tensor, t: TimeLike) -> Tensor:
+        """Exact ``div s_t = tr grad^2 log q_t`` (I4)."""
+        return self.target.score_divergence(x_t, t, self.schedule)
+
+    def log_prob(self, x_t: Tensor, t: TimeLike) -> Tensor:
+        """Exact ``log q_t(x_t)`` (I2)."""
+        return self.target.log_prob(x_t, t, self.schedule)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.target.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.target.device
+
+    def __repr__(self) -> str:
+        return f"AnalyticModel({self.target!r}, {self.schedule!r})"

@@ -1,0 +1,105 @@
+"""The one conversion between denoiser, noise, score and velocity (MATH.md section 2).
+
+With ``x_t = alpha x_0 + sigma eps``:
+
+- ``eps_hat = (x_t - alpha D) / sigma``
+- ``score = -(x_t - alpha D) / sigma^2 = -eps_hat / sigma``        (I1, Tweedie)
+- ``v = alpha eps_hat - sigma D``
+
+``alpha`` and ``sigma`` may be Python floats, 0-d tensors or ``(n,)`` tensors; they
+broadcast over the trailing dimensions of ``x_t`` (points ``(n, d)`` or images
+``(n, c, h, w)``).  Every other module converts through these functions.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+
+Tensor = torch.Tensor
+Scale = Union[float, Tensor]
+
+KINDS = ("x0", "eps", "score", "v")
+
+__all__ = [
+    "KINDS",
+    "x0_to_eps",
+    "eps_to_x0",
+    "eps_to_score",
+    "score_to_eps",
+    "x0_to_v",
+    "v_to_x0",
+    "to_x0",
+    "from_x0",
+]
+
+
+def _b(a: Scale, x: Tensor) -> Scale:
+    """Reshape a per-point scale ``(n,)`` to ``(n, 1, ..., 1)`` so it broadcasts against ``x``."""
+    if isinstance(a, Tensor) and a.ndim == 1:
+        return a.to(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+    if isinstance(a, Tensor):
+        return a.to(x.dtype)
+    return a
+
+
+def x0_to_eps(x_t: Tensor, x0: Tensor, alpha: Scale, sigma: Scale) -> Tensor:
+    """``eps_hat = (x_t - alpha x0) / sigma``."""
+    return (x_t - _b(alpha, x_t) * x0) / _b(sigma, x_t)
+
+
+def eps_to_x0(x_t: Tensor, eps: Tensor, alpha: Scale, sigma: Scale) -> Tensor:
+    """``x0 = (x_t - sigma eps) / alpha``."""
+    return (x_t - _b(sigma, x_t) * eps) / _b(alpha, x_t)
+
+
+def eps_to_score(eps: Tensor, sigma: Scale) -> Tensor:
+    """``score = -eps / sigma`` (I1)."""
+    return -eps / _b(sigma, eps)
+
+
+def score_to_eps(score: Tensor, sigma: Scale) -> Tensor:
+    """``eps = -sigma score`` (I1)."""
+    return -_b(sigma, score) * score
+
+
+def x0_to_v(x_t: Tensor, x0: Tensor, alpha: Scale, sigma: Scale) -> Tensor:
+    """``v = alpha eps - sigma x0``."""
+    eps = x0_to_eps(x_t, x0, alpha, sigma)
+    return _b(alpha, x_t) * eps - _b(sigma, x_t) * x0
+
+
+def v_to_x0(x_t: Tensor, v: Tensor, alpha: Scale, sigma: Scale) -> Tensor:
+    """``x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2)`` (inverse of :func:`x0_to_v`)."""
+    a, s = _b(alpha, x_t), _b(sigma, x_t)
+    return (a * x_t - s * v) / (a * a + s * s)
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return kind
+
+
+def to_x0(kind: str, out: Tensor, x_t: Tensor, alpha: Scale, sigma: Scale) -> Tensor:
+    """Convert a network output of parameterization ``kind`` to the denoiser ``D = E[X_0 | x_t]``."""
+    kind = _check_kind(kind)
+    if kind == "x0":
+        return out
+    if kind == "eps":
+        return eps_to_x0(x_t, out, alpha, sigma)
+    if kind == "score":
+        return eps_to_x0(x_t, score_to_eps(out, sigma), alpha, sigma)
+    return v_to_x0(x_t, out, alpha, sigma)
+
+
+def from_x0(kind: str, x0: Tensor, x_t: Tensor, alpha: Scale, sigma: Scale) -> Tensor:
+    """Convert a denoiser output ``D`` to parameterization ``kind``."""
+    kind = _check_kind(kind)
+    if kind == "x0":
+        return x0
+    if kind == "eps":
+        return x0_to_eps(x_t, x0, alpha, sigma)
+    if kind == "score":
+        return eps_to_score(x0_to_eps(x_t, x0, alpha, sigma), sigma)
+    return x0_to_v(x_t, x0, alpha, sigma)
