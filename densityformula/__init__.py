@@ -1,12 +1,24 @@
 """densityformula: verify the theory of diffusion models' likelihoods with numbers you can trust.
 
 ``import densityformula as df`` gives the modules ``df.schedules``, ``df.targets``,
-``df.models``, ``df.parameterization`` and the :class:`Estimate` every estimator returns.
+``df.models``, ``df.parameterization``, ``df.neural``, ``df.training``, ``df.data`` and the
+:class:`Estimate` every estimator returns.
 """
 from . import parameterization, schedules, targets
 from . import models
 from .estimate import Estimate
+from . import neural, training, data
 
 __version__ = "0.1.0"
 
-__all__ = ["schedules", "targets", "models", "parameterization", "Estimate", "__version__"]
+__all__ = [
+    "schedules",
+    "targets",
+    "models",
+    "parameterization",
+    "neural",
+    "training",
+    "data",
+    "Estimate",
+    "__version__",
+]

@@ -82,6 +82,17 @@ class AnalyticModel(DiffusionModel):
         """Exact ``grad log q_t`` computed directly (stable even where ``sigma = 0``) (I1)."""
         return self.target.score(x_t, t, self.schedule)
 
+    def eps(self, x_t: Tensor, t: TimeLike) -> Tensor:
+        """Exact noise prediction ``-sigma s_t`` (I1), computed from the score so that it stays finite
+        (zero) where ``sigma = 0`` instead of ``0 / 0``."""
+        _, s = self._scales(x_t, t)
+        return P.score_to_eps(self.score(x_t, t), s)
+
+    def v(self, x_t: Tensor, t: TimeLike) -> Tensor:
+        """Exact velocity ``alpha eps - sigma D`` (MATH section 2), finite where ``sigma = 0``."""
+        a, s = self._scales(x_t, t)
+        return P.eps_x0_to_v(self.eps(x_t, t), self.denoise(x_t, t), a, s)
+
     def score_divergence(self, x_t: Tensor, t: TimeLike) -> Tensor:
         """Exact ``div s_t = tr grad^2 log q_t`` (I4)."""
         return self.target.score_divergence(x_t, t, self.schedule)
@@ -100,3 +111,15 @@ class AnalyticModel(DiffusionModel):
 
     def __repr__(self) -> str:
         return f"AnalyticModel({self.target!r}, {self.schedule!r})"
+
+
+_NEURAL = ("MLPDenoiser", "ConditionalMLPDenoiser", "ConditionedModel", "AffineDenoiser", "log_snr_embedding")
+
+
+def __getattr__(name: str):
+    """Neural and parametric models live in :mod:`densityformula.neural`; re-exported here lazily."""
+    if name in _NEURAL:
+        from . import neural
+
+        return getattr(neural, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
