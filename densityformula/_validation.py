@@ -51,7 +51,7 @@ def as_float_tensor(
             raise TypeError(f"{name} must be array-like of numbers, got {type(value).__name__}")
         try:
             out = torch.as_tensor(value, dtype=dtype, device=device)
-        except (TypeError, ValueError, RuntimeError) as exc:
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
             raise TypeError(f"{name} must be array-like of numbers, got {type(value).__name__}") from exc
     if not allow_nonfinite and out.numel() and not bool(torch.isfinite(out).all()):
         raise ValueError(f"{name} contains NaN or inf")
@@ -90,11 +90,15 @@ def as_time(t: TimeLike, name: str = "t", *, like: Optional[Tensor] = None) -> T
         out = t.to(torch.float64)
     elif isinstance(t, Real):
         device = like.device if like is not None else None
-        out = torch.tensor(float(t), dtype=torch.float64, device=device)
+        try:
+            value = float(t)
+        except OverflowError as exc:
+            raise ValueError(f"{name} is too large to be represented as a float") from exc
+        out = torch.tensor(value, dtype=torch.float64, device=device)
     else:
         try:
             out = torch.as_tensor(t, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError) as exc:
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
             raise TypeError(f"{name} must be a float or a tensor, got {type(t).__name__}") from exc
     if out.ndim > 1:
         raise ValueError(f"{name} must be a scalar or have shape (n,), got {tuple(out.shape)}")

@@ -28,6 +28,7 @@ __all__ = [
     "eps_to_score",
     "score_to_eps",
     "x0_to_v",
+    "eps_x0_to_v",
     "v_to_x0",
     "to_x0",
     "from_x0",
@@ -63,10 +64,14 @@ def score_to_eps(score: Tensor, sigma: Scale) -> Tensor:
     return -_b(sigma, score) * score
 
 
+def eps_x0_to_v(eps: Tensor, x0: Tensor, alpha: Scale, sigma: Scale) -> Tensor:
+    """``v = alpha eps - sigma x0`` from both predictions (no division: finite where ``sigma = 0``)."""
+    return _b(alpha, eps) * eps - _b(sigma, eps) * x0
+
+
 def x0_to_v(x_t: Tensor, x0: Tensor, alpha: Scale, sigma: Scale) -> Tensor:
     """``v = alpha eps - sigma x0``."""
-    eps = x0_to_eps(x_t, x0, alpha, sigma)
-    return _b(alpha, x_t) * eps - _b(sigma, x_t) * x0
+    return eps_x0_to_v(x0_to_eps(x_t, x0, alpha, sigma), x0, alpha, sigma)
 
 
 def v_to_x0(x_t: Tensor, v: Tensor, alpha: Scale, sigma: Scale) -> Tensor:

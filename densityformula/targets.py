@@ -212,7 +212,9 @@ class GaussianMixture:
         if set(want) - {"log_prob"}:
             r = torch.softmax(joint, dim=1)
             out["resp"] = r
-            rz = r[..., None] * z
+            # a component with r_k = 0 contributes nothing, even where its z_k overflowed (0 * inf = NaN)
+            live = (r > 0)[..., None]
+            rz = torch.where(live, r[..., None] * z, torch.zeros((), dtype=z.dtype, device=z.device))
             if "score" in want or "div" in want:
                 score = -self._rotate_back(rz)
                 out["score"] = score
@@ -221,7 +223,8 @@ class GaussianMixture:
             if "div" in want:
                 tr = (1.0 / c).sum(-1)
                 g2 = (z * z).sum(-1)
-                out["div"] = (r * (g2 - tr)).sum(1) - (out["score"] ** 2).sum(1)
+                term = torch.where(live[..., 0], r * (g2 - tr), torch.zeros((), dtype=r.dtype, device=r.device))
+                out["div"] = term.sum(1) - (out["score"] ** 2).sum(1)
         return out
 
     def _rotate_back(self, v: Tensor) -> Tensor:
@@ -240,9 +243,22 @@ class GaussianMixture:
             return self._core(x, a, s, want)
         chunk = max(1, _CHUNK_ELEMENTS // (self.K * self.d))
         if n <= chunk:
-            return self._core(x, a, s, want)
-        parts = [self._core(x[i : i + chunk], a[i : i + chunk], s[i : i + chunk], want) for i in range(0, n, chunk)]
-        return {k: torch.cat([p[k] for p in parts], 0) for k in parts[0]}
+            out = self._core(x, a, s, want)
+        else:
+            parts = [
+                self._core(x[i : i + chunk], a[i : i + chunk], s[i : i + chunk], want) for i in range(0, n, chunk)
+            ]
+            out = {k: torch.cat([p[k] for p in parts], 0) for k in parts[0]}
+        for key, val in out.items():
+            # never return NaN silently: it only arises when x is so far from every component that each
+            # component's log-density overflows float range (then the posterior is undefined in this dtype)
+            if bool(torch.isnan(val.detach()).any()):
+                bad = torch.isnan(val.detach().reshape(n, -1)).any(1)
+                raise ValueError(
+                    f"x is numerically out of range for this mixture in {self._dtype}: {key} is undefined "
+                    f"(overflow) at {int(bad.sum())} point(s), e.g. row {int(torch.nonzero(bad)[0])}"
+                )
+        return out
 
     # -- public methods ------------------------------------------------------------------
     def log_prob(self, x: Tensor, t: Optional[TimeLike] = None, schedule: Optional[Schedule] = None) -> Tensor:
@@ -325,6 +341,12 @@ class GaussianMixture:
         nk = int(m.sum())
         if nk == 0 or nk == self.d:
             raise ValueError("mask must mark at least one known and one unknown coordinate")
+        if isinstance(values, Tensor) and values.dtype.is_floating_point and values.dtype != self._dtype:
+            # like x elsewhere: a silent float32 -> float64 upcast would carry float32 rounding into the result
+            raise TypeError(
+                f"values has dtype {values.dtype} but this mixture works in {self._dtype}; "
+                f"convert with values.to({self._dtype})"
+            )
         v = as_float_tensor(values, "values", dtype=self._dtype, device=self.device)
         if v.shape == (self.d,):
             v = v[m]
