@@ -7,7 +7,7 @@
 from . import parameterization, schedules, targets
 from . import models
 from .estimate import Estimate
-from . import neural, training, data
+from . import neural, training, data, sampling
 
 __version__ = "0.1.0"
 
@@ -19,6 +19,7 @@ __all__ = [
     "neural",
     "training",
     "data",
+    "sampling",
     "Estimate",
     "__version__",
 ]

@@ -19,7 +19,15 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ._validation import TimeLike, as_float_tensor, as_time, check_float_dtype, check_points, per_point_time
+from ._validation import (
+    TimeLike,
+    as_float_tensor,
+    as_time,
+    check_float_dtype,
+    check_points,
+    per_point_time,
+    resolve_device,
+)
 from .schedules import Schedule
 
 Tensor = torch.Tensor
@@ -52,7 +60,7 @@ class GaussianMixture:
         device: Any = None,
     ) -> None:
         check_float_dtype(dtype)
-        dev = torch.device(device) if device is not None else None
+        dev = resolve_device(device) if device is not None else None
         w = as_float_tensor(weights, "weights", dtype=torch.float64, device=dev)
         mu = as_float_tensor(means, "means", dtype=torch.float64, device=dev)
         if w.ndim != 1 or w.numel() == 0:
@@ -166,7 +174,7 @@ class GaussianMixture:
     def to(self, device: Any = None, dtype: Optional[torch.dtype] = None) -> "GaussianMixture":
         """A copy on ``device`` in ``dtype`` (either may be omitted)."""
         dtype = check_float_dtype(dtype) if dtype is not None else self._dtype
-        dev = torch.device(device) if device is not None else self.device
+        dev = resolve_device(device) if device is not None else self.device
         return GaussianMixture._from_parts(
             self._log_w.to(dev),
             self._means.to(dev),
@@ -213,8 +221,11 @@ class GaussianMixture:
             r = torch.softmax(joint, dim=1)
             out["resp"] = r
             # a component with r_k = 0 contributes nothing, even where its z_k overflowed (0 * inf = NaN)
-            live = (r > 0)[..., None]
-            rz = torch.where(live, r[..., None] * z, torch.zeros((), dtype=z.dtype, device=z.device))
+            rz = r[..., None] * z
+            live = None
+            if bool(torch.isnan(rz.detach()).any()):  # rare: only then pay for the masking pass
+                live = (r > 0)[..., None]
+                rz = torch.where(live, rz, torch.zeros((), dtype=z.dtype, device=z.device))
             if "score" in want or "div" in want:
                 score = -self._rotate_back(rz)
                 out["score"] = score
@@ -223,7 +234,9 @@ class GaussianMixture:
             if "div" in want:
                 tr = (1.0 / c).sum(-1)
                 g2 = (z * z).sum(-1)
-                term = torch.where(live[..., 0], r * (g2 - tr), torch.zeros((), dtype=r.dtype, device=r.device))
+                term = r * (g2 - tr)
+                if bool(torch.isnan(term.detach()).any()):  # r_k = 0 with an overflowed ||g_k||^2
+                    term = torch.where(r > 0, term, torch.zeros((), dtype=r.dtype, device=r.device))
                 out["div"] = term.sum(1) - (out["score"] ** 2).sum(1)
         return out
 
@@ -299,10 +312,7 @@ class GaussianMixture:
         e = a * a * self._e + s2
         if not bool((e > 0).all()):
             raise ValueError("the marginal at this t is degenerate (zero variance)")
-        cov_type = self._cov_type
-        if cov_type == "iso" and a == 0.0:
-            cov_type = "iso"
-        return GaussianMixture._from_parts(self._log_w, a * self._means, e, self._U, cov_type, self._dtype)
+        return GaussianMixture._from_parts(self._log_w, a * self._means, e, self._U, self._cov_type, self._dtype)
 
     def sample(
         self, n: int, generator: Optional[torch.Generator] = None, return_labels: bool = False
@@ -335,7 +345,10 @@ class GaussianMixture:
         ``N(mu_u + S_uk S_kk^{-1}(v - mu_k), S_uu - S_uk S_kk^{-1} S_ku)`` with weight
         ``proportional to w_k N(v; mu_k, S_kk)``.
         """
-        m = torch.as_tensor(mask, device=self.device)
+        try:
+            m = mask.to(self.device) if isinstance(mask, Tensor) else torch.as_tensor(mask, device=self.device)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise TypeError(f"mask must be a bool tensor of shape ({self.d},), got {type(mask).__name__}") from exc
         if m.dtype != torch.bool or m.shape != (self.d,):
             raise TypeError(f"mask must be a bool tensor of shape ({self.d},), got {m.dtype} {tuple(m.shape)}")
         nk = int(m.sum())
@@ -408,6 +421,7 @@ class Gaussian(GaussianMixture):
     """
 
     def __init__(self, mean: Any, cov: Any, *, dtype: torch.dtype = torch.float64, device: Any = None) -> None:
+        device = resolve_device(device) if device is not None else None
         mu = as_float_tensor(mean, "mean", dtype=torch.float64, device=device)
         if mu.ndim != 1 or mu.numel() == 0:
             raise ValueError(f"mean must have shape (d,), got {tuple(mu.shape)}")
@@ -467,5 +481,5 @@ def random_gmm(
     eig = torch.stack([e[torch.randperm(d, generator=g)] for _ in range(K)])
     Q, R = torch.linalg.qr(torch.randn(K, d, d, generator=g, dtype=torch.float64))
     Q = Q * torch.sign(torch.diagonal(R, dim1=1, dim2=2))[:, None, :]
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = resolve_device(device)
     return GaussianMixture._from_parts(torch.log(w).to(dev), means.to(dev), eig.to(dev), Q.to(dev), "full", dtype)
