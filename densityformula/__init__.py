@@ -8,6 +8,7 @@ from . import parameterization, schedules, targets
 from . import models
 from .estimate import Estimate
 from . import neural, training, data, sampling
+from .density_formula import density_formula, density_formula_discrete
 
 __version__ = "0.1.0"
 
@@ -21,5 +22,7 @@ __all__ = [
     "data",
     "sampling",
     "Estimate",
+    "density_formula",
+    "density_formula_discrete",
     "__version__",
 ]
