@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any, Callable, Optional, Tuple
 
 import torch
@@ -242,6 +243,37 @@ def _pairs_per_replicate(
 # ---------------------------------------------------------------------------------------------
 # public API
 # ---------------------------------------------------------------------------------------------
+_DECAY_TOLERANCE = 2.0  # observed/expected decay across the last unit of log-SNR; 1 for an exact score
+_TAIL_FLOOR = 1e-6  # nats: a non-decaying tail smaller than this is not flagged (below any reported accuracy)
+
+
+def _tail_decay_ratios(lam: Tensor, node_means: Tensor, lo: float, hi: float) -> Tuple[Tensor, Tensor]:
+    """Observed over expected decay of the integrand from ~1 unit inside each end to the end.
+
+    For an exact score the integrand behaves like ``B sigmoid(lambda)`` at the lower end and
+    ``A sigmoid(-lambda)`` at the upper end (the assumption of :func:`~._quadrature.tail_nodes`),
+    so the ratio is about 1; a non-decaying integrand gives about ``e`` or more.  ``(lower, upper)``,
+    each ``(n,)``; NaN-free (0 where the inner node estimate is exactly 0).
+    """
+    J = lam.numel()
+    inner = lam[: J - 2]
+    out = []
+    for end, pick, sign in ((lo, inner >= lo + 1.0, 1.0), (hi, inner <= hi - 1.0, -1.0)):
+        idx = torch.nonzero(pick).flatten()
+        col = J - 2 if sign > 0 else J - 1
+        if idx.numel() == 0:
+            out.append(torch.zeros(node_means.shape[0], dtype=node_means.dtype, device=node_means.device))
+            continue
+        a = int(idx.min()) if sign > 0 else int(idx.max())
+        expected = torch.sigmoid(torch.tensor(sign * end, dtype=torch.float64)) / torch.sigmoid(
+            torch.tensor(sign * float(inner[a]), dtype=torch.float64)
+        )
+        f_in, f_end = node_means[:, a], node_means[:, col]
+        ratio = torch.where(f_in != 0, f_end / torch.where(f_in != 0, f_in, torch.ones_like(f_in)), torch.zeros_like(f_in))
+        out.append(ratio / expected.to(ratio.device))
+    return out[0], out[1]
+
+
 def density_formula(
     model: Any,
     x: Tensor,
@@ -377,8 +409,33 @@ def density_formula(
         reps = reps - (tail_lower + tail_upper)
     value, se = _replicate_summary(reps)
     bound = tail_lower.abs() + tail_upper.abs()
+    decay = _tail_decay_ratios(lam_eff.detach().cpu(), res.node_means, lo, hi)
+    # the extrapolation assumes the integrand decays like sigmoid(+-lambda) beyond the range, as it
+    # does for an exact score; a network whose eps_hat does not vanish at high SNR (or whose
+    # denoiser is off at low SNR) breaks that, and its continuous ELBO may even diverge. Where the
+    # integrand visibly fails to decay across the last unit of log-SNR, no bound can be claimed.
+    undecayed = torch.zeros(n, dtype=torch.bool, device=x.device)
+    # standard error of each tail node's mean (pilot spread over all its draws; conservative under Sobol)
+    draws = (res.allocation.to(torch.float64) * k * n_replicates).clamp_min(1.0)
+    node_se = (res.pilot_sd.to(torch.float64) / torch.sqrt(draws)).to(x.device)
+    for ratio, col, tail in zip(decay, (J - 2, J - 1), (tail_lower, tail_upper)):
+        # the pilot spread is an average over points, so demand a wide margin for any one point
+        significant = (res.node_means[:, col].abs() > 8.0 * node_se[col]) & (tail.abs() > _TAIL_FLOOR)
+        undecayed |= (ratio > _DECAY_TOLERANCE) & significant
+    if bool(undecayed.any()):
+        bound = torch.where(undecayed, torch.full_like(bound, math.inf), bound)
+        warnings.warn(
+            f"density_formula: at {int(undecayed.sum())} of {n} points the integrand does not decay like "
+            f"e^(-|lambda|) beyond lambda_range {(lo, hi)} (typical of a network whose eps_hat does not "
+            "vanish at high SNR): the tail extrapolation is unreliable, truncation_bound is inf there, and "
+            "the model's continuous ELBO over the whole log-SNR line may diverge. Compare values only on a "
+            "common finite lambda_range with tails=False.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     extras = {
         "truncation_bound": bound,
+        "tail_decay_ratio": decay,
         "tail_lower": tail_lower,
         "tail_upper": tail_upper,
         "lambda_range": (lo, hi),
