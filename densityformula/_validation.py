@@ -8,6 +8,7 @@ from __future__ import annotations
 from numbers import Real
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
@@ -29,7 +30,7 @@ def resolve_device(device: Any) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
+    except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"device must be 'auto', None or a torch device, got {device!r}") from exc
 
 
@@ -50,6 +51,9 @@ def as_float_tensor(
         if isinstance(value, (str, bytes)) or value is None:
             raise TypeError(f"{name} must be array-like of numbers, got {type(value).__name__}")
         try:
+            kind = np.asarray(value).dtype.kind  # torch would silently drop imaginary parts
+            if kind not in "fiu":
+                raise TypeError(f"{name} must hold real numbers, got numpy dtype kind {kind!r}")
             out = torch.as_tensor(value, dtype=dtype, device=device)
         except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
             raise TypeError(f"{name} must be array-like of numbers, got {type(value).__name__}") from exc
@@ -97,6 +101,9 @@ def as_time(t: TimeLike, name: str = "t", *, like: Optional[Tensor] = None) -> T
         out = torch.tensor(value, dtype=torch.float64, device=device)
     else:
         try:
+            kind = np.asarray(t).dtype.kind  # torch would silently drop imaginary parts
+            if kind not in "fiu":
+                raise TypeError(f"{name} must hold real numbers, got numpy dtype kind {kind!r}")
             out = torch.as_tensor(t, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
             raise TypeError(f"{name} must be a float or a tensor, got {type(t).__name__}") from exc

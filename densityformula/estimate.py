@@ -43,7 +43,7 @@ class Estimate:
 
     def ci(self, level: float = 0.95) -> Tuple[Tensor, Tensor]:
         """Normal-approximation confidence interval ``value -+ z stderr`` per point."""
-        if not 0.0 < level < 1.0:
+        if not isinstance(level, (int, float)) or isinstance(level, bool) or not 0.0 < level < 1.0:
             raise ValueError(f"level must lie in (0, 1), got {level}")
         from statistics import NormalDist
 
@@ -78,7 +78,7 @@ class Estimate:
         head = ", ".join(f"{float(v):.6g}" for v in self.value[:3])
         more = ", ..." if n > 3 else ""
         max_se = float(self.stderr.max())
-        extra = "".join(f", {k}=..." for k in self.extras)
+        extra = f", extras: {len(self.extras)} keys" if self.extras else ""
         return (
             f"Estimate(n={n}, value=[{head}{more}], mean={m:.6g} ± {se:.2g}, max stderr={max_se:.2g}, "
             f"nfe={self.nfe}/point, seconds={self.seconds:.3g}{extra})"

@@ -37,6 +37,8 @@ class DiffusionModel(ABC):
         """``D(x_t, t) ~ E[X_0 | X_t = x_t]``, same shape as ``x_t``."""
 
     def _scales(self, x_t: Tensor, t: TimeLike) -> Tuple[Tensor, Tensor]:
+        if not isinstance(x_t, Tensor) or not x_t.dtype.is_floating_point or x_t.ndim < 1:
+            raise TypeError(f"x_t must be a floating torch.Tensor of shape (n, ...), got {type(x_t).__name__}")
         tt = as_time(t, "t").to(x_t.device)
         if tt.ndim == 1:
             per_point_time(tt, x_t.shape[0])

@@ -29,6 +29,19 @@ Tensor = torch.Tensor
 __all__ = ["Schedule", "LiYan", "VPLinear", "VPCosine", "SubVP", "VE", "Discrete"]
 
 
+def _finite_float(name: str, value: object) -> float:
+    """``value`` as a finite Python float, else ``TypeError`` / ``ValueError`` naming ``name``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a finite float, got {value!r}")
+    try:
+        out = float(value)
+    except OverflowError as exc:
+        raise ValueError(f"{name} must be a finite float, got an int too large for a float") from exc
+    if not math.isfinite(out):
+        raise ValueError(f"{name} must be a finite float, got {value!r}")
+    return out
+
+
 def _log_sigmoid(lam: Tensor) -> Tensor:
     """log(sigmoid(lam)), exact for +-inf."""
     return -torch.logaddexp(torch.zeros_like(lam), -lam)
@@ -166,9 +179,7 @@ class _VPFromB(Schedule):
     """VP processes with ``alpha_t^2 = exp(-B(t))``, ``B(t) = int_0^t beta``."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
-        for name, value in (("beta_min", beta_min), ("beta_max", beta_max)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise TypeError(f"{name} must be a finite float, got {value!r}")
+        beta_min, beta_max = _finite_float("beta_min", beta_min), _finite_float("beta_max", beta_max)
         if not 0.0 < beta_min <= beta_max:
             raise ValueError(f"need 0 < beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}")
         self.beta_min = float(beta_min)
@@ -245,8 +256,7 @@ class VPCosine(Schedule):
     """
 
     def __init__(self, s: float = 0.008) -> None:
-        if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s):
-            raise TypeError(f"s must be a finite float, got {s!r}")
+        s = _finite_float("s", s)
         if not s > 0.0:
             raise ValueError(f"s must be positive, got {s}")
         self.s = float(s)
@@ -297,9 +307,7 @@ class VE(Schedule):
     """Song et al.'s VE SDE: ``alpha = 1``, ``sigma_t = sigma_min (sigma_max / sigma_min)^t``."""
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
-        for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise TypeError(f"{name} must be a finite float, got {value!r}")
+        sigma_min, sigma_max = _finite_float("sigma_min", sigma_min), _finite_float("sigma_max", sigma_max)
         if not 0.0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.sigma_min = float(sigma_min)
@@ -370,6 +378,9 @@ class Discrete(Schedule):
         """
         if not isinstance(T, int) or isinstance(T, bool) or T < 1:
             raise ValueError(f"T must be a positive int, got {T!r}")
+        beta_start, beta_end = _finite_float("beta_start", beta_start), _finite_float("beta_end", beta_end)
+        if not 0.0 < beta_start <= beta_end < 1.0:
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}")
         scale = 1000.0 / T if scale_with_T else 1.0
         if scale * beta_end >= 1.0:
             raise ValueError(f"T={T} is too small for the scaled linear schedule (beta_end*1000/T >= 1)")
@@ -380,6 +391,7 @@ class Discrete(Schedule):
         """Nichol & Dhariwal's cosine schedule, ``beta_k = min(1 - abar_k/abar_{k-1}, max_beta)``."""
         if not isinstance(T, int) or isinstance(T, bool) or T < 1:
             raise ValueError(f"T must be a positive int, got {T!r}")
+        max_beta = _finite_float("max_beta", max_beta)
         if not 0.0 < max_beta < 1.0:
             raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}")
         cont = VPCosine(s)
