@@ -9,6 +9,8 @@ from . import models
 from .estimate import Estimate
 from . import neural, training, data, sampling
 from .density_formula import density_formula, density_formula_discrete
+from . import elbo, likelihood
+from .bits import bits_per_dim
 
 __version__ = "0.1.0"
 
@@ -24,5 +26,8 @@ __all__ = [
     "Estimate",
     "density_formula",
     "density_formula_discrete",
+    "elbo",
+    "likelihood",
+    "bits_per_dim",
     "__version__",
 ]

@@ -99,6 +99,11 @@ class AnalyticModel(DiffusionModel):
         """Exact ``div s_t = tr grad^2 log q_t`` (I4)."""
         return self.target.score_divergence(x_t, t, self.schedule)
 
+    def denoise_and_score_divergence(self, x_t: Tensor, t: TimeLike) -> Tuple[Tensor, Tensor]:
+        """The posterior mean (I3) and ``div s_t`` (I4) from one pass over the components."""
+        out = self.target._eval(x_t, t, self.schedule, ("denoise", "div"))
+        return out["denoise"], out["div"]
+
     def log_prob(self, x_t: Tensor, t: TimeLike) -> Tensor:
         """Exact ``log q_t(x_t)`` (I2)."""
         return self.target.log_prob(x_t, t, self.schedule)

@@ -1,0 +1,514 @@
+"""Evidence lower bounds of diffusion models (MATH.md section 5: I8, I9, I10, I11).
+
+- :func:`ddpm`: Ho et al.'s discrete ELBO ``-(L_T + sum_{k>=2} L_{k-1} + L_0)`` of the model's
+  DDPM ancestral sampler, per point, with exact Gaussian KLs; a lower bound on the log density
+  of THAT sampler's output, pointwise (I9).
+- :func:`ddpm_objective`: the same quantity as the weighted denoising loss that training
+  minimises, without the theta-independent constants (``ddpm = constant - objective``).
+- :func:`importance_weighted`: the K-sample bound (I10), non-decreasing in K.
+- :func:`continuous`: the continuous-time ELBO (I8): the density formula with the model's
+  denoiser, computed by :func:`densityformula.density_formula`.
+- :func:`kl_de_bruijn`: ``KL(q || p)`` from the two laws' diffused scores (I11).
+
+Continuous data: the decoder ``p(x_0 | x_1)`` is a Gaussian density ``N(x_0; D_1(x_1), v_1 I)``
+(not Ho et al.'s discretised decoder for 8-bit images), so every quantity here is a density
+in nats; see :func:`densityformula.bits_per_dim` for the conversion to bits per dimension of
+quantised data.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+
+from .estimate import Estimate
+from .likelihood._kernels import ReverseKernels, ddpm_kernels, default_discrete, input_scale
+from .models import DiffusionModel
+from .schedules import Discrete, LiYan
+from .targets import GaussianMixture
+
+Tensor = torch.Tensor
+
+__all__ = ["ddpm", "ddpm_objective", "importance_weighted", "continuous", "kl_de_bruijn"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_MAX_BATCH = 1 << 16  # points per model call
+
+
+def _check_x(model: Any, x: Any) -> Tensor:
+    if not isinstance(model, DiffusionModel):
+        raise TypeError(f"model must be a DiffusionModel, got {type(model).__name__}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape (n, d), got {type(x).__name__}")
+    if x.ndim != 2 or not x.dtype.is_floating_point:
+        raise ValueError(f"x must be a floating tensor of shape (n, d), got {x.dtype} {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf")
+    return x
+
+
+def _check_gen(generator: Any) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+
+
+def _prior_kl(x0: Tensor, ab_T: float, prior_var: float) -> Tensor:
+    """``L_T = KL(N(sqrt(abar_T) x0, (1-abar_T) I) || N(0, P I))`` per point."""
+    d = x0.shape[1]
+    om = 1.0 - ab_T
+    return 0.5 * (
+        d * om / prior_var + ab_T * (x0**2).sum(-1) / prior_var - d + d * math.log(prior_var / om)
+    )
+
+
+def _step_terms(kern: ReverseKernels) -> Dict[str, Tensor]:
+    """Per-step weight ``w_k`` and constant ``const_k`` with ``ell_k = const_k + w_k |x0 - D_k|^2 / 2``.
+
+    ``ell_1 = L_0 = -log N(x0; D_1(x_1), v_1 I)``, ``ell_k = L_{k-1}`` (k >= 2) (Ho et al.).
+    Returned per unit dimension for the constant (multiply by d).
+    """
+    ab = kern.alpha_bars
+    betas = kern.betas
+    om = -torch.expm1(torch.log(ab))
+    beta_tilde = om[:-1] * betas / om[1:]
+    v = kern.var
+    w = kern.c**2 / v
+    const = torch.zeros_like(v)
+    bt, vv = beta_tilde[1:], v[1:]
+    const[1:] = 0.5 * (bt / vv - 1.0 + torch.log(vv / bt))
+    w[0] = 1.0 / v[0]
+    const[0] = 0.5 * (_LOG_2PI + math.log(float(v[0])))
+    return {"w": w, "const": const}
+
+
+def _cv_coefficients(kern: ReverseKernels, cv_data_var: Optional[float]) -> Tensor:
+    """``gamma_k sigma_k^2 / abar_k`` of the control variate ``(|eps|^2 - d)`` (see :func:`ddpm`)."""
+    ab = kern.alpha_bars[1:]
+    om = -torch.expm1(torch.log(ab))
+    if cv_data_var is None:
+        return torch.zeros_like(ab)
+    snr_v = ab / om * cv_data_var
+    gamma = (snr_v / (1.0 + snr_v)) ** 2
+    return gamma * om / ab
+
+
+def _sq_errors(
+    kern: ReverseKernels,
+    x0: Tensor,
+    ks: Tensor,
+    n_samples: int,
+    generator: Optional[torch.Generator],
+    cv: Optional[Tensor] = None,
+) -> Tensor:
+    """``|x0 - D_k(x_k)|^2 - cv_k (|eps|^2 - d)`` for ``x_k ~ q(x_k | x0)``, ``(len(ks), n_samples, n)``.
+
+    All (step, sample, point) triples go through the model in batched calls with per-point times.
+    """
+    n, d = x0.shape
+    dev, dt = x0.device, x0.dtype
+    m = int(ks.shape[0])
+    ab = kern.alpha_bars.to(dev)
+    out = torch.empty(m, n_samples, n, dtype=dt, device=dev)
+    per_step = n_samples * n
+    steps_per_call = max(1, _MAX_BATCH // max(per_step, 1))
+    for j0 in range(0, m, steps_per_call):
+        kk = ks[j0 : j0 + steps_per_call].to(dev)
+        mm = kk.shape[0]
+        eps = torch.randn(mm, n_samples, n, d, generator=generator, dtype=dt, device=dev)
+        sa = torch.sqrt(ab[kk]).to(dt)[:, None, None, None]
+        so = torch.sqrt(-torch.expm1(torch.log(ab[kk]))).to(dt)[:, None, None, None]
+        xk = sa * x0[None, None] + so * eps
+        scale = kern.in_scale.to(dev)[kk - 1].to(dt)[:, None, None, None]
+        t = kern.model_t.to(dev)[kk - 1][:, None, None].expand(mm, n_samples, n).reshape(-1)
+        with torch.no_grad():
+            D = kern.model.denoise((scale * xk).reshape(-1, d), t).reshape(mm, n_samples, n, d)
+        err = ((x0[None, None] - D) ** 2).sum(-1)
+        if cv is not None:
+            cvk = cv.to(dev, dt)[kk - 1][:, None, None]
+            err = err - cvk * ((eps**2).sum(-1) - d)
+        out[j0 : j0 + mm] = err
+    return out
+
+
+def _ddpm_core(
+    model: DiffusionModel,
+    x: Tensor,
+    schedule: Optional[Discrete],
+    variance: str,
+    decoder_variance: Optional[float],
+    n_samples: int,
+    steps: Optional[int],
+    step_probs: Optional[Tensor],
+    generator: Optional[torch.Generator],
+    cv_data_var: Optional[float] = 1.0,
+) -> Dict[str, Any]:
+    x = _check_x(model, x)
+    if cv_data_var is not None and not (isinstance(cv_data_var, (int, float)) and cv_data_var > 0
+                                        and math.isfinite(cv_data_var)):
+        raise ValueError(f"cv_data_var must be a positive float or None, got {cv_data_var!r}")
+    _check_gen(generator)
+    if not (isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples >= 1):
+        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    sched = default_discrete(model, schedule)
+    kern = ddpm_kernels(model, sched, variance, decoder_variance)
+    T = kern.K
+    n, d = x.shape
+    dev, dt = x.device, x.dtype
+    terms = _step_terms(kern)
+    w = terms["w"].to(dev, dt)
+    const = terms["const"].to(dev, dt) * d
+    cv = _cv_coefficients(kern, cv_data_var)
+    if steps is None:
+        ks = torch.arange(1, T + 1, device=dev)
+        err = _sq_errors(kern, x, ks, n_samples, generator, cv)  # (T, S, n)
+        loss_k = 0.5 * w[:, None, None] * err  # (T, S, n)
+        loss = loss_k.mean(1).sum(0)
+        if n_samples >= 2:
+            var = (loss_k.var(1, unbiased=True) / n_samples).sum(0)
+            se = torch.sqrt(var)
+        else:
+            se = torch.full((n,), math.inf, dtype=dt, device=dev)
+        per_step = loss_k.mean(1).T + const[None, :]  # (n, T): ell_k
+        const_sum = const.sum()
+        nfe = T * n_samples
+    else:
+        if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+            raise ValueError(f"steps must be a positive int (number of sampled steps) or None, got {steps!r}")
+        if T < 2:
+            raise ValueError("steps needs a schedule with T >= 2")
+        if step_probs is None:
+            q = torch.full((T - 1,), 1.0 / (T - 1), dtype=torch.float64)
+        else:
+            q = torch.as_tensor(step_probs, dtype=torch.float64).cpu()
+            if q.shape != (T - 1,) or bool((q <= 0).any()) or abs(float(q.sum()) - 1.0) > 1e-8:
+                raise ValueError(f"step_probs must be ({T - 1},) positive probabilities (steps 2..T) summing to 1")
+        # the decoder term (k = 1) is the largest single term: always estimated, never sampled,
+        # so that the sampled part is not dominated by how often k = 1 happens to be drawn
+        err1 = _sq_errors(kern, x, torch.ones(1, dtype=torch.long, device=dev), n_samples, generator, cv)[0]
+        l1 = 0.5 * w[0] * err1  # (S, n)
+        idx = torch.multinomial(q, steps, replacement=True, generator=generator) + 2  # (m,) in 2..T
+        err = _sq_errors(kern, x, idx.to(dev), n_samples, generator, cv)  # (m, S, n)
+        qk = q[idx - 2].to(dev, dt)[:, None]
+        # unbiased for sum_{k>=2} ell_k (constant part handled exactly): (1/m) sum_j ell_{k_j} / q_{k_j}
+        contrib = (0.5 * w[idx - 1][:, None] * err.mean(1)) / qk  # (m, n)
+        loss = l1.mean(0) + contrib.mean(0)
+        if steps >= 2 and n_samples >= 2:
+            se = torch.sqrt(contrib.var(0, unbiased=True) / steps + l1.var(0, unbiased=True) / n_samples)
+        else:
+            se = torch.full((n,), math.inf, dtype=dt, device=dev)
+        per_step = None
+        const_sum = const.sum()
+        nfe = (steps + 1) * n_samples
+    L_T = _prior_kl(x, float(kern.alpha_bars[-1]), kern.prior_var)
+    constant = -(L_T + const_sum)
+    return {"loss": loss, "se": se, "constant": constant, "L_T": L_T, "per_step": per_step, "nfe": nfe, "kernels": kern}
+
+
+def ddpm(
+    model: DiffusionModel,
+    x: Tensor,
+    *,
+    schedule: Optional[Discrete] = None,
+    variance: str = "beta",
+    decoder_variance: Optional[float] = None,
+    n_samples: int = 2,
+    steps: Optional[int] = None,
+    step_probs: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    cv_data_var: Optional[float] = 1.0,
+) -> Estimate:
+    """Ho et al.'s per-point DDPM ELBO of the model's ancestral sampler (I9), in nats.
+
+    ``ELBO(x0) = -( L_T + sum_{k=2}^T L_{k-1} + L_0 )`` with
+
+    - ``L_T = KL(q(x_T | x0) || N(0, I))`` (closed form);
+    - ``L_{k-1} = E_{q(x_k|x0)} KL(q(x_{k-1} | x_k, x0) || p(x_{k-1} | x_k))
+      = d/2 (bt_k/v_k - 1 + log(v_k/bt_k)) + c_k^2 E|x0 - D_k(x_k)|^2 / (2 v_k)``
+      (exact Gaussian KL; ``bt_k = beta_tilde_k``, ``c_k = sqrt(abar_{k-1}) beta_k/(1-abar_k)``);
+    - ``L_0 = -E_{q(x_1|x0)} log N(x0; D_1(x_1), v_1 I)`` (Gaussian decoder at step 1 for
+      continuous data; ``v_1 = beta_1`` in both variants unless ``decoder_variance``).
+
+    The sampler is ``x_{k-1} = mu_theta(x_k) + sqrt(v_k) z`` with the posterior-mean
+    parameterization ``mu_theta = mu_tilde(x_k, D_k(x_k))`` and ``v_k = beta_k`` or
+    ``beta_tilde_k``; step ``k`` is evaluated at the model-schedule time with the same log-SNR
+    as ``abar_k`` (the model's ``schedule`` may be any schedule).  The ELBO is pointwise below
+    the log density of that sampler's output (I9); its weights are those of I7.
+
+    Args:
+        model: any :class:`DiffusionModel`.
+        x: ``(n, d)`` data points.
+        schedule: the DDPM schedule; default the model's own if discrete, else
+            ``Discrete.ddpm_linear(T=1000)``.
+        variance: ``"beta"`` or ``"beta_tilde"``.
+        decoder_variance: variance of the step-1 decoder (default ``beta_1``).
+        n_samples: draws of ``x_k`` per step and point (>= 2 for a standard error; with 1 the
+            standard error is reported as ``inf``).  Without the control variate the Monte
+            Carlo variance is dominated by the decoder term ``L_0`` (about ``d/2`` nats^2 per
+            draw when ``beta_1`` is small).
+        steps: ``None``: all ``T`` steps, batched.  An int ``m``: an unbiased importance-sampled
+            estimate of the sum over steps ``k = 2..T`` from ``m`` steps drawn (shared by all
+            points) with probabilities ``step_probs`` (shape ``(T-1,)``, uniform by default);
+            ``L_T`` is exact and the decoder term ``L_0`` (the largest single term) is always
+            estimated with its own ``n_samples`` draws, never sampled.
+        generator: source of all randomness.
+        cv_data_var: control variate (exactly unbiased).  For ANY denoiser,
+            ``x0 - D_k(x_k) = -(sigma_k/sqrt(abar_k)) eps - (sigma_k^2/sqrt(abar_k)) s_k`` with
+            ``s_k = (sqrt(abar_k) D_k - x_k)/sigma_k^2`` (Tweedie's algebra, I1), so
+            ``|x0 - D_k|^2`` carries the pure chi-square noise ``(sigma_k^2/abar_k) |eps|^2``
+            at low noise; ``gamma_k (sigma_k^2/abar_k)(|eps|^2 - d)`` (zero mean, fixed
+            coefficient) is subtracted with ``gamma_k = (v snr_k / (1 + v snr_k))^2``, the optimal
+            coefficient for isotropic Gaussian data of variance ``v = cv_data_var``
+            (``sigma_k^2 = 1 - abar_k``).  ``None`` turns it off.  It removes most of the variance
+            of ``L_0`` and the low-noise steps (2-D mixture, ``T = 1000``, two draws per step:
+            standard error 0.93 -> 0.087 nats; docs/bench_likelihood.md).
+
+    Returns:
+        :class:`Estimate`; ``nfe = T * n_samples`` (or ``(steps + 1) * n_samples``); ``extras``:
+        ``"L_T"``, ``"objective"`` (the loss of :func:`ddpm_objective`), ``"constant"`` and,
+        with all steps, ``"terms"`` ``(n, T)``: column ``k-1`` is ``L_0`` for ``k = 1`` and
+        ``L_{k-1}`` otherwise.
+    """
+    tic = time.perf_counter()
+    r = _ddpm_core(model, x, schedule, variance, decoder_variance, n_samples, steps, step_probs, generator,
+                   cv_data_var)
+    value = r["constant"] - r["loss"]
+    extras = {"L_T": r["L_T"], "objective": r["loss"], "constant": r["constant"], "variance": variance}
+    if r["per_step"] is not None:
+        extras["terms"] = r["per_step"]
+    return Estimate(value, r["se"], r["nfe"], time.perf_counter() - tic, extras)
+
+
+def ddpm_objective(
+    model: DiffusionModel,
+    x: Tensor,
+    *,
+    schedule: Optional[Discrete] = None,
+    variance: str = "beta",
+    decoder_variance: Optional[float] = None,
+    n_samples: int = 2,
+    steps: Optional[int] = None,
+    step_probs: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    cv_data_var: Optional[float] = 1.0,
+) -> Estimate:
+    """The DDPM training objective: the theta-dependent part of ``-ELBO``, in nats (I7, I9).
+
+    ``objective(x0) = sum_{k=1}^T (w_k / 2) E|x0 - D_k(x_k)|^2`` with ``w_k = c_k^2 / v_k``
+    (``k >= 2``) and ``w_1 = 1 / v_1``, so that ``ddpm(...).value = constant - objective``
+    exactly for the same noise (``extras["constant"]`` holds the theta-independent part:
+    ``-(L_T + sum_k d/2 (bt_k/v_k - 1 + log(v_k/bt_k)) + d/2 log(2 pi v_1))``).  With
+    ``variance="beta"`` the weights ``w_k/2 = abar_{k-1} beta_k / (2 (1-abar_k)^2)`` are those of
+    the discrete density formula I7.  Arguments as :func:`ddpm`.
+    """
+    tic = time.perf_counter()
+    r = _ddpm_core(model, x, schedule, variance, decoder_variance, n_samples, steps, step_probs, generator,
+                   cv_data_var)
+    extras = {"constant": r["constant"], "variance": variance}
+    return Estimate(r["loss"], r["se"], r["nfe"], time.perf_counter() - tic, extras)
+
+
+def _log_normal(x: Tensor, mean: Tensor, var: float) -> Tensor:
+    d = x.shape[-1]
+    return -0.5 * (d * (_LOG_2PI + math.log(var)) + ((x - mean) ** 2).sum(-1) / var)
+
+
+def importance_weights(
+    model: DiffusionModel,
+    x: Tensor,
+    n_chains: int,
+    *,
+    schedule: Optional[Discrete] = None,
+    variance: str = "beta",
+    decoder_variance: Optional[float] = None,
+    chunk_size: int = 1 << 16,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """``log w = log p(x0, x_{1:T}) - log q(x_{1:T} | x0)`` for ``n_chains`` forward chains per point.
+
+    ``p`` is the model's DDPM sampler (prior ``N(0, I)``, kernels of :func:`ddpm`); ``q`` the
+    forward chain ``x_k = sqrt(1 - beta_k) x_{k-1} + sqrt(beta_k) eps``.  Returns ``(n_chains, n)``.
+    ``E[exp(log w)] = p_sampler(x0)`` (I10).  Points are processed in chunks so that at most
+    ``chunk_size`` chain states are held at once.
+    """
+    x = _check_x(model, x)
+    _check_gen(generator)
+    sched = default_discrete(model, schedule)
+    kern = ddpm_kernels(model, sched, variance, decoder_variance)
+    n, d = x.shape
+    dev, dt = x.device, x.dtype
+    betas = kern.betas.tolist()
+    pts = max(1, chunk_size // n_chains)
+    out = torch.empty(n_chains, n, dtype=dt, device=dev)
+    for i0 in range(0, n, pts):
+        x0 = x[i0 : i0 + pts]
+        m = x0.shape[0]
+        prev = x0[None].expand(n_chains, m, d).reshape(-1, d)
+        logw = torch.zeros(n_chains * m, dtype=dt, device=dev)
+        for k in range(1, kern.K + 1):
+            b = betas[k - 1]
+            eps = torch.randn(n_chains * m, d, generator=generator, dtype=dt, device=dev)
+            xk = math.sqrt(1.0 - b) * prev + math.sqrt(b) * eps
+            log_q = -0.5 * (d * (_LOG_2PI + math.log(b)) + (eps**2).sum(-1))
+            with torch.no_grad():
+                mean = kern.mean(xk, k)
+            logw += _log_normal(prev, mean, float(kern.var[k - 1])) - log_q
+            prev = xk
+        logw += _log_normal(prev, torch.zeros_like(prev), kern.prior_var)
+        out[:, i0 : i0 + m] = logw.reshape(n_chains, m)
+    return out
+
+
+def importance_weighted(
+    model: DiffusionModel,
+    x: Tensor,
+    k: Union[int, Sequence[int]] = 16,
+    *,
+    n_replicates: int = 16,
+    schedule: Optional[Discrete] = None,
+    variance: str = "beta",
+    decoder_variance: Optional[float] = None,
+    chunk_size: int = 1 << 16,
+    generator: Optional[torch.Generator] = None,
+) -> Union[Estimate, Dict[int, Estimate]]:
+    """The importance-weighted bound with ``k`` forward chains (I10), per point, in nats.
+
+    ``IW_k(x0) = E[ log (1/k) sum_{j=1}^k w_j ]``, ``w_j = p(x0, x^j_{1:T}) / q(x^j_{1:T} | x0)``,
+    computed with log-mean-exp.  ``IW_1 = ELBO`` (the :func:`ddpm` value, estimated here by
+    Monte Carlo instead of exact KLs), ``IW_k`` is non-decreasing in ``k`` and tends to the log
+    density of the model's DDPM sampler output.
+
+    A pool of ``n_replicates * max(k)`` chains is drawn per point; for each ``k`` the pool is cut
+    into consecutive groups of ``k`` and the group log-mean-exps are averaged (standard error
+    from their spread).  For a list of ``k`` in which each divides the next (e.g. 1, 2, 4, ..., 64)
+    the groups are nested, so the estimates are non-decreasing in ``k`` for every draw, by
+    concavity of the log (Burda et al.'s argument applied to the sample).
+
+    Returns:
+        an :class:`Estimate` for an int ``k``, or ``{k: Estimate}`` for a sequence;
+        ``nfe = T * n_replicates * max(k)`` (shared by all ``k``).
+    """
+    tic = time.perf_counter()
+    ks: List[int] = [k] if isinstance(k, int) else list(k)
+    if not ks or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in ks):
+        raise ValueError(f"k must be a positive int or a sequence of them, got {k!r}")
+    if not (isinstance(n_replicates, int) and n_replicates >= 1):
+        raise ValueError(f"n_replicates must be a positive int, got {n_replicates!r}")
+    kmax = max(ks)
+    pool = n_replicates * kmax
+    for v in ks:
+        if pool % v:
+            raise ValueError(f"every k must divide n_replicates * max(k) = {pool}; {v} does not")
+    logw = importance_weights(
+        model, x, pool, schedule=schedule, variance=variance, decoder_variance=decoder_variance,
+        chunk_size=chunk_size, generator=generator,
+    )
+    T = default_discrete(model, schedule).T
+    seconds = time.perf_counter() - tic
+    res: Dict[int, Estimate] = {}
+    for v in ks:
+        g = logw.reshape(pool // v, v, -1)
+        lme = torch.logsumexp(g, dim=1) - math.log(v)  # (groups, n)
+        m = lme.shape[0]
+        se = lme.std(0, unbiased=True) / math.sqrt(m) if m >= 2 else torch.full_like(lme[0], math.inf)
+        res[v] = Estimate(lme.mean(0), se, T * pool, seconds, {"n_groups": m})
+    return res[ks[0]] if isinstance(k, int) else res
+
+
+def continuous(model: DiffusionModel, x: Tensor, **kwargs: Any) -> Estimate:
+    """The continuous-time ELBO of the model (I8): the density formula with the model's denoiser.
+
+    ``ELBO_theta(x) = -(d/2) log(2 pi e) + 1/2 int [d sigmoid(lambda) - E||Z - eps_theta(x_lambda)||^2] dlambda``
+    (the log-SNR form of I5/I6 with ``D_theta`` in place of the exact denoiser).  With the exact
+    denoiser it equals ``log q_0(x)`` (I5); in expectation over ``x ~ q_0`` the gap is
+    ``1/2 int E||D_theta - D||^2 dsnr`` (I8).  This is a thin call of
+    :func:`densityformula.density_formula` (same integration machinery, same keyword
+    arguments); it is not pointwise below ``log q_0``.
+    """
+    from .density_formula import density_formula as _formula
+
+    est = _formula(model, x, **kwargs)
+    est.extras.setdefault("bound", "continuous-time ELBO (I8)")
+    return est
+
+
+def _eps_at(obj: Any, x_vp: Tensor, lam: float) -> Tensor:
+    """Noise prediction ``eps_hat`` at log-SNR ``lam`` for a VP-coordinate point ``x_vp``."""
+    if isinstance(obj, GaussianMixture):
+        sched = LiYan()
+        t = float(sched.t_from_log_snr(lam))
+        return -math.sqrt(t) * obj.score(x_vp, t, sched)
+    sched = obj.schedule
+    lo, hi = sched.log_snr_range
+    if not lo <= lam <= hi:
+        raise ValueError(f"log-SNR {lam} is outside the model schedule's range [{lo}, {hi}]")
+    lam_t = torch.tensor(lam, dtype=torch.float64)
+    t = sched.t_from_log_snr(lam_t)
+    scale = float(input_scale(sched, t, lam_t))
+    return obj.eps(x_vp * scale, t)
+
+
+def kl_de_bruijn(
+    q: Union[GaussianMixture, DiffusionModel],
+    p: Union[GaussianMixture, DiffusionModel],
+    *,
+    n_samples: int = 4096,
+    n_nodes: int = 128,
+    lambda_range: tuple = (-30.0, 30.0),
+    generator: Optional[torch.Generator] = None,
+) -> Estimate:
+    """``KL(q || p)`` from the diffused scores of the two laws (de Bruijn, I11).
+
+    ``KL(q||p) = int_0^1 1/(2(1-t)) E_{q_t}||s^p_t - s^q_t||^2 dt`` for the LiYan process; in
+    its log-SNR ``lambda`` (``dt/(1-t) = sigma^2 dlambda`` in magnitude, ``sigma^2 ||ds||^2 =
+    ||d eps_hat||^2``) this is the schedule-free form
+
+        KL(q || p) = 1/2 int_{-inf}^{inf} E_{x0~q, z} || eps_p(x_lambda) - eps_q(x_lambda) ||^2 dlambda,
+
+    ``x_lambda = sqrt(sigmoid(lambda)) x0 + sqrt(sigmoid(-lambda)) z``.  Gauss--Legendre in
+    ``lambda`` on ``lambda_range`` (the integrand decays like ``e^{-|lambda|}``, so the truncation
+    error is of order ``e^{-30}``), ``n_samples`` fresh Monte Carlo draws per node.
+
+    Args:
+        q: the law the expectation is under: a ``GaussianMixture`` or an ``AnalyticModel``
+            (its target).
+        p: a ``GaussianMixture`` or any :class:`DiffusionModel` (its ``eps`` at the same
+            log-SNR is used, so ``KL(q || p_theta)`` measures the model's score error; for a
+            network this is the "score swap" of MATH section 5).
+    Returns:
+        :class:`Estimate` with one value (``value.shape == (1,)``) and its standard error.
+    """
+    tic = time.perf_counter()
+    _check_gen(generator)
+    qt = getattr(q, "target", q)
+    if not isinstance(qt, GaussianMixture):
+        raise TypeError(f"q must be a GaussianMixture or an AnalyticModel, got {type(q).__name__}")
+    if not isinstance(p, (GaussianMixture, DiffusionModel)):
+        raise TypeError(f"p must be a GaussianMixture or a DiffusionModel, got {type(p).__name__}")
+    lo, hi = float(lambda_range[0]), float(lambda_range[1])
+    if not lo < hi:
+        raise ValueError(f"lambda_range must be increasing, got {lambda_range!r}")
+    import numpy as np
+
+    nodes, weights = np.polynomial.legendre.leggauss(n_nodes)
+    lams = 0.5 * (hi - lo) * nodes + 0.5 * (hi + lo)
+    wts = 0.5 * (hi - lo) * weights
+    total, var = 0.0, 0.0
+    for lam, wt in zip(lams.tolist(), wts.tolist()):
+        x0 = qt.sample(n_samples, generator=generator)
+        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        a2, s2 = 1.0 / (1.0 + math.exp(-lam)), 1.0 / (1.0 + math.exp(lam))
+        xl = math.sqrt(a2) * x0 + math.sqrt(s2) * z
+        with torch.no_grad():
+            diff = ((_eps_at(p, xl, lam) - _eps_at(qt, xl, lam)) ** 2).sum(-1)
+        total += 0.5 * wt * float(diff.mean())
+        var += (0.5 * wt) ** 2 * float(diff.var()) / n_samples
+    dev, dt = qt.means.device, qt.dtype
+    return Estimate(
+        torch.tensor([total], dtype=dt, device=dev),
+        torch.tensor([math.sqrt(var)], dtype=dt, device=dev),
+        2 * n_nodes * n_samples,
+        time.perf_counter() - tic,
+        {"lambda_range": (lo, hi), "n_nodes": n_nodes},
+    )

@@ -1,0 +1,16 @@
+"""Exact likelihoods of diffusion models (MATH.md section 6: I12, I13, I14).
+
+- :func:`probability_flow`: log-density of the probability-flow ODE (I12), integrated in
+  log-SNR with ``torchdiffeq`` or with a batched per-point Dormand--Prince.
+- :func:`sampler_density_1d`: the exact output density of the DDPM ancestral sampler (or an
+  Euler--Maruyama reverse SDE) in 1-D, propagated on a grid (I13).
+- :func:`gaussian_sampler`: the closed-form Gaussian output law of the DDPM sampler when every
+  step's denoiser is affine (I14).
+"""
+from .pf_ode import pf_velocity, probability_flow
+
+__all__ = ["probability_flow", "pf_velocity"]
+from .gaussian_law import GaussianSamplerLaw, gaussian_kl, gaussian_sampler
+from .sampler_density import SamplerDensity1D, sampler_density_1d
+
+__all__ += ["sampler_density_1d", "SamplerDensity1D", "gaussian_sampler", "GaussianSamplerLaw", "gaussian_kl"]

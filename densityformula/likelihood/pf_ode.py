@@ -1,0 +1,444 @@
+"""Exact log-likelihood of the probability-flow ODE (MATH.md section 6, I12).
+
+The clock.  Write the probability-flow ODE ``dx/dt = f x - g^2 s / 2`` in the log-SNR
+``lambda`` of the model's schedule.  With ``d lambda/dt = -g^2/sigma^2`` and Tweedie
+(``sigma^2 s = alpha D - x``, I1) it becomes, for every schedule of MATH section 1,
+
+    dx/dlambda = F(x, lambda) = c(lambda) x + (alpha D(x, t(lambda)) - x) / 2,
+    c(lambda) = d log(alpha)/d lambda = -f sigma^2 / g^2          (c = sigma^2/2 for VP, 0 for VE),
+
+    div F = d c + (alpha tr(dD/dx) - d) / 2 = d c + sigma^2 div s / 2.
+
+For a Gaussian target the Jacobian of ``F`` has eigenvalues in ``(-1/2, 1/2)`` at every
+``lambda`` (``dD/dx`` is ``S (S + sigma^2/alpha^2)^{-1} / alpha``), so the ODE is not stiff
+anywhere, including the ends of LiYan and VP where the ``t`` clock blows up (MATH section 1).
+
+The likelihood.  Along a solution from ``lambda_s`` (data end, large lambda) to ``lambda_e``
+(noise end), the instantaneous change of variables gives (I12)
+
+    log p_s(x(lambda_s)) = log p_e(x(lambda_e)) + int_{lambda_s}^{lambda_e} div F dlambda,
+
+an integral taken in the direction of integration (``lambda`` decreasing).  The sign test in
+``tests/test_likelihood_pf.py`` fails if the integral is taken the other way.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import torch
+
+from .._validation import as_time
+from ..estimate import Estimate
+from ..models import AnalyticModel, DiffusionModel
+from ..schedules import Discrete, LiYan, Schedule, VPCosine, VPLinear
+
+_VP_SCHEDULES = (LiYan, VPLinear, VPCosine, Discrete)  # alpha^2 + sigma^2 = 1
+from ._ode import dopri5_per_point
+
+Tensor = torch.Tensor
+Prior = Union[str, Callable[[Tensor, Tensor], Tensor]]
+
+__all__ = ["probability_flow", "pf_velocity"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _lam_quantities(schedule: Schedule, lam: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``t(lambda)``, ``alpha``, ``sigma^2`` and ``c = d log alpha / d lambda`` (float64)."""
+    lo, hi = schedule.log_snr_range
+    lam = lam.clamp(lo, hi)  # solvers may probe just past the ends
+    t = schedule.t_from_log_snr(lam)
+    alpha = schedule.alpha(t)
+    if isinstance(schedule, _VP_SCHEDULES):
+        # alpha^2 = sigmoid(lambda) exactly, so c = sigmoid(-lambda)/2 as a function of lambda;
+        # -f sigma^2/g^2 would be inf * 0 where t(lambda) rounds to the end t = 1.
+        s2 = torch.sigmoid(-lam)
+        c = 0.5 * s2
+    else:
+        s2 = schedule.sigma2(t)
+        c = -schedule.drift(t) * s2 / schedule.g2(t)
+    return t, alpha, s2, c
+
+
+def _denoise_and_divergence(model: DiffusionModel, x: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(model.denoise(x, t), model.score_divergence(x, t))``, in one pass where possible.
+
+    A model may provide ``denoise_and_score_divergence(x, t)``; for an
+    :class:`~densityformula.models.AnalyticModel` the mixture computes both from one set of
+    responsibilities (half the cost of two calls).
+    """
+    both = getattr(model, "denoise_and_score_divergence", None)
+    if both is not None:
+        return both(x, t)
+    return model.denoise(x, t), model.score_divergence(x, t)  # type: ignore[attr-defined]
+
+
+def _bcast(v: Tensor, x: Tensor) -> Tensor:
+    """A scalar or per-point ``(k,)`` coefficient reshaped to broadcast against ``x (k, d)``."""
+    v = v.to(x.dtype)
+    return v[:, None] if v.ndim == 1 else v
+
+
+def pf_velocity(
+    model: DiffusionModel,
+    x: Tensor,
+    lam: Tensor,
+    *,
+    trace: str = "none",
+    probes: Optional[Tensor] = None,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Probability-flow velocity in the log-SNR clock and (optionally) its divergence (I12).
+
+    ``F = c x + (alpha D(x, t) - x)/2`` with ``t = t(lambda)``, ``c = d log alpha/d lambda``;
+    ``div F = d c + (alpha tr dD/dx - d)/2``.
+
+    Args:
+        model: any :class:`DiffusionModel` (its ``schedule`` defines ``t(lambda)``).
+        x: ``(k, d)`` points in the model's coordinates.
+        lam: scalar or ``(k,)`` log-SNR (float64).
+        trace: ``"none"`` (no divergence), ``"exact"`` (the model's closed-form
+            ``score_divergence`` if it has one, else autograd), ``"autograd"`` (``d`` backward
+            passes, exact), ``"hutchinson"`` (``mean_j v_j^T (dF/dx) v_j`` over ``probes``).
+        probes: ``(P, k, d)`` probe vectors for ``"hutchinson"``.
+
+    Returns:
+        ``(F (k, d), div F (k,) or None)``; for ``"hutchinson"`` the divergence is ``(k, P)``,
+        one single-probe estimate ``v_j^T (dF/dx) v_j`` per column.
+    """
+    t, alpha, s2, c = _lam_quantities(model.schedule, lam)
+    d = x.shape[1]
+    cb, ab = _bcast(c, x), _bcast(alpha, x)
+    closed = getattr(model, "score_divergence", None)
+    if trace == "none":
+        with torch.no_grad():
+            return cb * x + 0.5 * (ab * model.denoise(x, t) - x), None
+    if trace == "exact" and closed is not None:
+        with torch.no_grad():
+            D, div_s = _denoise_and_divergence(model, x, t)
+            F = cb * x + 0.5 * (ab * D - x)
+            div = d * c.to(x.dtype) + 0.5 * s2.to(x.dtype) * div_s
+            return F, div
+    if trace not in ("exact", "autograd", "hutchinson"):
+        raise ValueError(f"trace must be 'exact', 'autograd' or 'hutchinson', got {trace!r}")
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        F = cb * xg + 0.5 * (ab * model.denoise(xg, t) - xg)
+        if trace == "hutchinson":
+            if probes is None:
+                raise ValueError("probes are required for trace='hutchinson'")
+            # one backward pass per probe through the same graph (on CPU this beats
+            # is_grads_batched, whose vmap over the backward was 2-30x slower in d = 64)
+            cols = []
+            for j in range(probes.shape[0]):
+                (vjp,) = torch.autograd.grad(F, xg, probes[j], retain_graph=j + 1 < probes.shape[0])
+                cols.append((vjp * probes[j]).sum(-1))
+            div = torch.stack(cols, 1)
+        else:
+            # exact trace: d backward passes, pass i gives row i of dF/dx for every point
+            div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+            for i in range(d):
+                (gi,) = torch.autograd.grad(F[:, i].sum(), xg, retain_graph=i + 1 < d)
+                div = div + gi[:, i]
+    return F.detach(), div.detach()
+
+
+def _resolve_lambda(schedule: Schedule, t: Any, default: float, clip: float, name: str, lo: bool) -> Tensor:
+    tt = as_time(default if t is None else t, name)
+    lam = schedule.log_snr(tt)
+    lam = lam.clamp(min=-clip) if lo else lam.clamp(max=clip)
+    if not bool(torch.isfinite(lam).all()):
+        raise ValueError(f"{name} gives a non-finite log-SNR")
+    return lam
+
+
+def probability_flow(
+    model: DiffusionModel,
+    x: Tensor,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "dopri5",
+    trace: str = "exact",
+    n_probes: int = 1,
+    probe: str = "rademacher",
+    prior: Prior = "gaussian",
+    t_start: Any = None,
+    t_end: Any = None,
+    solver: str = "batch",
+    error_norm: str = "max",
+    lambda_clip: Tuple[float, float] = (-40.0, 25.0),
+    generator: Optional[torch.Generator] = None,
+    return_trajectory: bool = False,
+    n_trajectory: int = 33,
+    max_steps: int = 100_000,
+) -> Estimate:
+    """Per-point log-density (nats) of the model's probability-flow ODE at time ``t_start`` (I12).
+
+    ``log p_{t_s}(x) = log p_prior(x_e) + int_{lambda_s}^{lambda_e} div F(x_lambda, lambda) dlambda``
+    with ``F`` of :func:`pf_velocity`, integrated in the log-SNR clock from
+    ``lambda_s = lambda(t_start)`` down to ``lambda_e = lambda(t_end)``.  With the exact score,
+    exact trace and the exact prior ``log q_{t_end}`` this reproduces ``log q_{t_start}(x)`` to
+    solver tolerance (tested to 1e-5 nats for LiYan, VPLinear, SubVP and VE).
+
+    Args:
+        model: any :class:`DiffusionModel`; ``x`` lives in its coordinates at ``t_start``.
+        x: ``(n, d)`` points.
+        rtol, atol: solver tolerances (state = ``x`` and the accumulated log-density).
+        method: a ``torchdiffeq`` method (``solver="batch"``); ``solver="per_point"`` is dopri5.
+        trace: ``"exact"`` (closed-form ``model.score_divergence`` if present, else ``d``
+            autograd passes), ``"autograd"`` (always autograd), ``"hutchinson"`` (``n_probes``
+            probes, Rademacher or Gaussian, drawn once from ``generator`` and held fixed along
+            the path, estimates averaged).  With Hutchinson the log-density component is left
+            out of the error norm, so the steps depend only on the path of ``x`` and the
+            estimate is exactly unbiased for the exact-trace integral on those steps.
+        n_probes, probe: Hutchinson settings (``probe`` in ``{"rademacher", "gaussian"}``).
+        prior: ``"gaussian"`` = ``N(0, sigma(t_end)^2 I)`` (the forward marginal with the
+            ``alpha x_0`` term dropped; it is the exact ``q_{t_end}`` only when ``alpha = 0``), or a
+            callable ``prior(x_e, t_e) -> (n,)`` log-density, e.g. the exact marginal
+            ``lambda x, t: target.log_prob(x, t=t, schedule=model.schedule)``.
+        t_start, t_end: model times (floats or ``(n,)`` tensors); default ``t_min`` / ``t_max``.
+            A log-SNR beyond ``lambda_clip = (lo, hi)`` (``+-inf`` for LiYan and VP at the
+            ends) is clipped to it: at ``lambda = 25``, ``sigma^2 = 1.4e-11``; at
+            ``lambda = -40``, ``alpha = 2e-9`` (LiYan's ``t`` rounds to exactly 1 there, so
+            ``N(0, I)`` is its exact prior).  The times actually used are in
+            ``extras["t_start"]`` and ``extras["t_end"]``.
+        solver: ``"batch"``: one ``torchdiffeq.odeint`` solve for all points with one shared
+            step sequence (see ``error_norm``); the steps depend on the batch.  ``"per_point"``: the
+            batched per-point Dormand--Prince of :mod:`._ode`; each point has its own steps,
+            independent of the rest of the batch (same answer alone or in any batch), still one
+            batched model call per stage.  ``"loop"``: one ``torchdiffeq`` solve per point (a
+            Python loop; reference only, slow).
+        error_norm: ``solver="batch"`` only: ``"max"`` (default; the maximum over points of
+            each point's RMS error ratio: every point meets its own tolerance) or ``"rms"``
+            (``torchdiffeq``'s default: RMS over the whole batch state, cheaper, only the batch
+            average meets the tolerance).
+        generator: source of the Hutchinson probes.
+        return_trajectory: with ``solver="batch"``, put ``(lambdas, x_path)`` in
+            ``extras["trajectory"]`` (``n_trajectory`` points from ``lambda_s`` to ``lambda_e``).
+
+    Returns:
+        :class:`Estimate` with ``value`` = log-density in nats, ``stderr`` = 0 for the exact
+        trace (solver error is controlled by the tolerances; it is not a statistical error)
+        and, for Hutchinson, the standard error over the ``n_probes`` probes, each carried as its
+        own integral (``inf`` for one probe: there is no spread to estimate it from); ``nfe`` = model evaluations per
+        point (max over points for ``"per_point"``); ``extras``: ``"prior_logp"``,
+        ``"delta_logp"``, ``"x_end"``, ``"t_start"``, ``"t_end"``, ``"lambda_start"``,
+        ``"lambda_end"``, ``"nfe_per_point"`` (and ``"delta_logp_per_probe"`` for Hutchinson).
+    """
+    tic = time.perf_counter()
+    if not isinstance(model, DiffusionModel):
+        raise TypeError(f"model must be a DiffusionModel, got {type(model).__name__}")
+    if not isinstance(x, Tensor) or x.ndim != 2 or not x.dtype.is_floating_point:
+        raise ValueError(f"x must be a floating tensor of shape (n, d), got {getattr(x, 'shape', type(x))}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
+            raise ValueError(f"{name} must be a positive float, got {tol!r}")
+    if trace not in ("exact", "autograd", "hutchinson"):
+        raise ValueError(f"trace must be 'exact', 'autograd' or 'hutchinson', got {trace!r}")
+    if solver not in ("batch", "per_point", "loop"):
+        raise ValueError(f"solver must be 'batch', 'per_point' or 'loop', got {solver!r}")
+    if not (isinstance(n_probes, int) and n_probes >= 1):
+        raise ValueError(f"n_probes must be a positive int, got {n_probes!r}")
+    if probe not in ("rademacher", "gaussian"):
+        raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
+    if not (isinstance(prior, str) and prior == "gaussian") and not callable(prior):
+        raise ValueError(f"prior must be 'gaussian' or a callable prior(x, t) -> (n,), got {prior!r}")
+    if error_norm not in ("max", "rms"):
+        raise ValueError(f"error_norm must be 'max' or 'rms', got {error_norm!r}")
+    if solver == "per_point" and method != "dopri5":
+        raise ValueError("solver='per_point' implements method='dopri5' only")
+    if return_trajectory and solver != "batch":
+        raise ValueError("return_trajectory needs solver='batch'")
+
+    sched = model.schedule
+    n, d = x.shape
+    dev, dtype = x.device, x.dtype
+    clip_lo, clip_hi = float(lambda_clip[0]), float(lambda_clip[1])
+    lam_s = _resolve_lambda(sched, t_start, sched.t_min, clip_hi, "t_start", lo=False).to(dev)
+    lam_e = _resolve_lambda(sched, t_end, sched.t_max, -clip_lo, "t_end", lo=True).to(dev)
+    lam_s_n = lam_s.expand(n) if lam_s.ndim == 0 else lam_s
+    lam_e_n = lam_e.expand(n) if lam_e.ndim == 0 else lam_e
+    if lam_s_n.shape != (n,) or lam_e_n.shape != (n,):
+        raise ValueError(f"t_start and t_end must be scalars or have shape ({n},)")
+    if bool((lam_e_n > lam_s_n).any()):
+        raise ValueError("t_end must not be earlier (noisier-to-cleaner) than t_start")
+
+    probes = None
+    if trace == "hutchinson":
+        if probe == "rademacher":
+            probes = torch.randint(0, 2, (n_probes, n, d), generator=generator, device=dev).to(dtype) * 2 - 1
+        else:
+            probes = torch.randn(n_probes, n, d, generator=generator, dtype=dtype, device=dev)
+    n_div = n_probes if trace == "hutchinson" else 1
+    err_cols = torch.ones(d + n_div, dtype=torch.bool, device=dev)
+    if trace == "hutchinson":
+        err_cols[d:] = False
+
+    y0 = torch.cat([x.detach(), torch.zeros(n, n_div, dtype=dtype, device=dev)], 1)
+    extras: Dict[str, Any] = {}
+    if solver == "per_point":
+
+        def func_pp(lam: Tensor, y: Tensor, idx: Tensor) -> Tensor:
+            pr = probes[:, idx] if probes is not None else None
+            F, div = pf_velocity(model, y[:, :d], lam, trace=trace, probes=pr)
+            return torch.cat([F, div.reshape(div.shape[0], -1)], 1)
+
+        y1, nfe_pp, iters = dopri5_per_point(
+            func_pp, y0, lam_s_n.double(), lam_e_n.double(), rtol=rtol, atol=atol, err_cols=err_cols,
+            max_steps=max_steps,
+        )
+        nfe_per_point = nfe_pp
+        extras["iterations"] = iters
+    elif solver == "batch":
+        y1, nfe_b, traj = _solve_torchdiffeq(
+            model, y0, lam_s_n, lam_e_n, trace, probes, rtol, atol, method, err_cols, return_trajectory,
+            n_trajectory, error_norm,
+        )
+        nfe_per_point = torch.full((n,), nfe_b, dtype=torch.int64, device=dev)
+        if traj is not None:
+            extras["trajectory"] = traj
+    else:
+        outs, nfes = [], []
+        for i in range(n):  # reference mode: deliberately one solve per point
+            pr = probes[:, i : i + 1] if probes is not None else None
+            yi, nfe_i, _ = _solve_torchdiffeq(
+                model, y0[i : i + 1], lam_s_n[i : i + 1], lam_e_n[i : i + 1], trace, pr, rtol, atol, method,
+                err_cols, False, 0,
+            )
+            outs.append(yi)
+            nfes.append(nfe_i)
+        y1 = torch.cat(outs, 0)
+        nfe_per_point = torch.tensor(nfes, dtype=torch.int64, device=dev)
+
+    x_end, deltas = y1[:, :d], y1[:, d:]
+    delta = deltas.mean(1)
+    t_end_used = sched.t_from_log_snr(lam_e_n.double())
+    if isinstance(prior, str):
+        s2e = sched.sigma2(t_end_used).to(dtype)
+        prior_logp = -0.5 * (d * (_LOG_2PI + torch.log(s2e)) + (x_end**2).sum(-1) / s2e)
+    else:
+        prior_logp = prior(x_end, t_end_used)
+        if not isinstance(prior_logp, Tensor) or prior_logp.shape != (n,):
+            raise ValueError(f"prior(x, t) must return a tensor of shape ({n},)")
+    value = prior_logp.to(dtype) + delta
+    if not bool(torch.isfinite(value).all()):
+        raise FloatingPointError("probability_flow produced a non-finite log-density")
+    stderr = torch.zeros_like(value)
+    if trace == "hutchinson":
+        # each probe's integral is carried in its own state column, so the spread over probes
+        # gives the standard error of their mean; one probe has no spread: stderr = inf.
+        if n_probes > 1:
+            stderr = deltas.std(1) / math.sqrt(n_probes)
+        else:
+            stderr = torch.full_like(value, math.inf)
+        extras["delta_logp_per_probe"] = deltas
+    extras.update(
+        prior_logp=prior_logp,
+        delta_logp=delta,
+        x_end=x_end,
+        t_start=sched.t_from_log_snr(lam_s_n.double()),
+        t_end=t_end_used,
+        lambda_start=lam_s_n,
+        lambda_end=lam_e_n,
+        nfe_per_point=nfe_per_point,
+    )
+    return Estimate(
+        value=value.detach(),
+        stderr=stderr,
+        nfe=int(nfe_per_point.max()) if n else 0,
+        seconds=time.perf_counter() - tic,
+        extras=extras,
+    )
+
+
+def _first_step(func: Callable, grid: Tensor, y0: Tensor, rtol: float, atol: float, norm: Callable, order: int) -> float:
+    """Hairer's initial step with the fallback of :func:`._ode.initial_h0` (2 evaluations)."""
+    from ._ode import initial_h0
+
+    t0 = grid[0]
+    span = (grid[-1] - grid[0]).abs()
+    direction = 1.0 if float(grid[-1]) >= float(grid[0]) else -1.0
+    scale = atol + y0.abs() * rtol
+    f0 = func(t0, y0)
+    d0, d1 = norm(y0 / scale).double(), norm(f0 / scale).double()
+    h0 = initial_h0(d0, d1, span)
+    f1 = func(t0 + direction * h0, y0 + (direction * h0).to(y0.dtype) * f0)
+    d2 = norm((f1 - f0) / scale).double() / h0
+    dmax = torch.maximum(d1, d2)
+    h1 = (0.01 / dmax.clamp_min(1e-300)) ** (1.0 / order) if float(dmax) > 1e-15 else h0 * 1e-3
+    return float(torch.minimum(torch.minimum(100 * h0, h1), span))
+
+
+def _solve_torchdiffeq(
+    model: DiffusionModel,
+    y0: Tensor,
+    lam_s: Tensor,
+    lam_e: Tensor,
+    trace: str,
+    probes: Optional[Tensor],
+    rtol: float,
+    atol: float,
+    method: str,
+    err_cols: Tensor,
+    return_trajectory: bool,
+    n_trajectory: int,
+    error_norm: str = "max",
+) -> Tuple[Tensor, int, Optional[Tuple[Tensor, Tensor]]]:
+    """One ``torchdiffeq.odeint`` solve of the whole batch from ``lam_s`` to ``lam_e``.
+
+    Per-point start/end log-SNRs are mapped to the common clock ``s in [0, 1]`` by
+    ``lambda = lam_s + s (lam_e - lam_s)``, ``dy/ds = (lam_e - lam_s) dy/dlambda``.
+    """
+    from torchdiffeq import odeint
+
+    n, m = y0.shape
+    d = m - (probes.shape[0] if probes is not None else 1)
+    same = bool((lam_s == lam_s[0]).all()) and bool((lam_e == lam_e[0]).all())
+    counter = [0]
+
+    def norm(v: Tensor) -> Tensor:  # max over points of the per-point RMS error ratio
+        v = v.reshape(n, m)[:, err_cols]
+        if error_norm == "rms":
+            return torch.sqrt((v**2).mean())
+        return torch.sqrt((v**2).mean(-1)).max()
+
+    if same:
+        def func(lam: Tensor, y: Tensor) -> Tensor:
+            counter[0] += 1
+            F, div = pf_velocity(model, y[:, :d], lam.to(torch.float64), trace=trace, probes=probes)
+            return torch.cat([F, div.reshape(n, -1)], 1)
+
+        grid = torch.stack([lam_s[0], lam_e[0]]).double()
+        if return_trajectory:
+            grid = torch.linspace(float(lam_s[0]), float(lam_e[0]), n_trajectory, dtype=torch.float64)
+    else:
+        span = (lam_e - lam_s).double()
+
+        def func(s: Tensor, y: Tensor) -> Tensor:
+            counter[0] += 1
+            lam = lam_s.double() + s.double() * span
+            F, div = pf_velocity(model, y[:, :d], lam, trace=trace, probes=probes)
+            return torch.cat([F, div.reshape(n, -1)], 1) * span.to(y.dtype)[:, None]
+
+        grid = torch.tensor([0.0, 1.0], dtype=torch.float64)
+        if return_trajectory:
+            grid = torch.linspace(0.0, 1.0, n_trajectory, dtype=torch.float64)
+    grid = grid.to(y0.device)
+    with torch.no_grad():
+        options: Dict[str, Any] = {"norm": norm}
+        orders = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}
+        if method in orders:
+            options["first_step"] = _first_step(func, grid, y0, rtol, atol, norm, orders[method])
+            # land exactly on every output time instead of stepping past the end and
+            # interpolating: past the end lambda leaves the schedule's log-SNR range.
+            options["step_t"] = grid[1:]
+        ys = odeint(func, y0, grid, rtol=rtol, atol=atol, method=method, options=options)
+    traj = None
+    if return_trajectory:
+        lams = grid if same else (lam_s[None, :].double() + grid[:, None] * (lam_e - lam_s)[None, :].double())
+        traj = (lams, ys[:, :, :d])
+    return ys[-1], counter[0], traj
