@@ -30,11 +30,25 @@ def discover(experiments_dir: Path) -> List[ModuleType]:
     """Import every ``experiments/*.py`` that defines ``run`` and ``NAME`` (sorted by file name)."""
     if not experiments_dir.is_dir():
         raise ValueError(f"experiments_dir {experiments_dir} is not a directory")
+    # the folder is loaded as a package (whatever its name or location) so that its scripts can
+    # share helpers with relative imports: ``from . import _common``
+    package = f"_densityformula_experiments_{abs(hash(str(experiments_dir.resolve())))}"
+    if package not in sys.modules:
+        init = experiments_dir / "__init__.py"
+        pkg_spec = importlib.util.spec_from_file_location(
+            package, init if init.exists() else None, submodule_search_locations=[str(experiments_dir)]
+        )
+        if pkg_spec is None:  # pragma: no cover
+            raise ValueError(f"cannot load {experiments_dir} as a package")
+        pkg = importlib.util.module_from_spec(pkg_spec)
+        sys.modules[package] = pkg
+        if init.exists() and pkg_spec.loader is not None:
+            pkg_spec.loader.exec_module(pkg)
     mods = []
     for path in sorted(experiments_dir.glob("*.py")):
         if path.name.startswith("_"):
             continue
-        spec = importlib.util.spec_from_file_location(f"_df_experiment_{path.stem}", path)
+        spec = importlib.util.spec_from_file_location(f"{package}.{path.stem}", path)
         if spec is None or spec.loader is None:
             continue
         mod = importlib.util.module_from_spec(spec)

@@ -8,9 +8,7 @@ variance ``beta``.  Grid error: the difference between the grid and a grid twice
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -20,6 +18,7 @@ import torch
 from densityformula import models, schedules, targets
 from densityformula.elbo import ddpm, importance_weighted
 from densityformula.likelihood import sampler_density_1d
+from . import _common as C  # the driver loads experiments/ as a package
 
 NAME = "ddpm_bounds"
 TITLE = "DDPM ELBO <= IW_k <= exact log-density of the sampler (I9, I10)"
@@ -27,20 +26,6 @@ CLAIM = (
     "For an imperfect model in 1-D, the DDPM ELBO and the importance-weighted bounds IW_k (non-decreasing in k) "
     "lie below the exact log-density of the model's DDPM sampler at every point, and IW_k approaches it."
 )
-
-
-def _load_common():
-    """The shared helpers ``experiments/_common.py``, loaded by path (the driver imports by path)."""
-    name = "_densityformula_experiments_common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-C = _load_common()
 
 
 def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:

@@ -8,8 +8,6 @@ estimator's own standard error plus its reported truncation bound.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -17,6 +15,7 @@ import torch
 
 from densityformula import models, schedules, targets
 from densityformula.density_formula import FORMS, density_formula
+from . import _common as C  # the driver loads experiments/ as a package
 
 NAME = "density_formula"
 TITLE = "Score-based density formula (Li & Yan Theorem 1) recovers log q_0"
@@ -25,19 +24,6 @@ CLAIM = (
     "mixture in d = 1, 2, 10 (100 in full mode), in all four integrand forms and for every schedule."
 )
 
-
-def _load_common():
-    """The shared helpers ``experiments/_common.py``, loaded by path (the driver imports by path)."""
-    name = "_densityformula_experiments_common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-C = _load_common()
 
 SCHEDULES = {
     "LiYan": schedules.LiYan,

@@ -10,9 +10,7 @@ at T = 1000 (and 2000 in full mode), outside the fit.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -21,6 +19,7 @@ import torch
 
 from densityformula import models, schedules, targets
 from densityformula.density_formula import density_formula_discrete
+from . import _common as C  # the driver loads experiments/ as a package
 
 NAME = "discrete_formula"
 TITLE = "Discrete density formula (I7) converges to log q_0 as 1/T"
@@ -28,20 +27,6 @@ CLAIM = (
     "The DDPM-grid density formula (I7) with the exact score has error O(1/T) against log q_0: c1/T + c2/T^2 "
     "fits the measured bias, its 1/T term is significant, and the fit predicts the error at T = 1000."
 )
-
-
-def _load_common():
-    """The shared helpers ``experiments/_common.py``, loaded by path (the driver imports by path)."""
-    name = "_densityformula_experiments_common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-C = _load_common()
 
 
 def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:

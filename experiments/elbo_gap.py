@@ -14,9 +14,7 @@ mixture ``q``, each with an independent ground truth for the gap:
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -24,6 +22,7 @@ import torch
 
 from densityformula import models, schedules, targets
 from densityformula.elbo import continuous, kl_de_bruijn
+from . import _common as C  # the driver loads experiments/ as a package
 
 NAME = "elbo_gap"
 TITLE = "ELBO gap of an imperfect denoiser (I8): below log q_0 on average, not pointwise"
@@ -31,20 +30,6 @@ CLAIM = (
     "For imperfect denoisers, E_q[ELBO] = E_q[log q_0] - 1/2 int E||D_theta - D||^2 dsnr (I8), "
     "while the ELBO exceeds log q_0 at some points."
 )
-
-
-def _load_common():
-    """The shared helpers ``experiments/_common.py``, loaded by path (the driver imports by path)."""
-    name = "_densityformula_experiments_common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-C = _load_common()
 
 
 class BiasedDenoiser(models.DiffusionModel):

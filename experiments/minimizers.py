@@ -18,9 +18,7 @@ exactly, as functions of the number of steps T:
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -34,6 +32,7 @@ from densityformula.elbo import kl_de_bruijn
 from densityformula.likelihood import gaussian_kl, gaussian_sampler
 from densityformula.neural import AffineDenoiser
 from densityformula.sampling import ddpm as ddpm_sampler
+from . import _common as C  # the driver loads experiments/ as a package
 
 NAME = "minimizers"
 TITLE = "ELBO minimizer vs true-likelihood minimizer (the central claim)"
@@ -42,19 +41,6 @@ CLAIM = (
     "KL(q || p_theta^sampler) by O(1/T), and using it costs only O(1/T^2) nats of KL."
 )
 
-
-def _load_common():
-    """The shared helpers ``experiments/_common.py``, loaded by path (the driver imports by path)."""
-    name = "_densityformula_experiments_common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-C = _load_common()
 
 D = 2
 S = 0.5  # target standard deviation

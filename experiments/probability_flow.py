@@ -8,8 +8,6 @@ unless the process reaches pure noise: the mismatch it causes is measured per sc
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -18,6 +16,7 @@ import torch
 
 from densityformula import models, schedules, targets
 from densityformula.likelihood import probability_flow
+from . import _common as C  # the driver loads experiments/ as a package
 
 NAME = "probability_flow"
 TITLE = "Probability-flow ODE likelihood is exact with the exact score (I12)"
@@ -26,19 +25,6 @@ CLAIM = (
     "schedule; the N(0, sigma^2 I) prior adds a measurable error where the process does not reach pure noise."
 )
 
-
-def _load_common():
-    """The shared helpers ``experiments/_common.py``, loaded by path (the driver imports by path)."""
-    name = "_densityformula_experiments_common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-C = _load_common()
 
 SCHEDULES = {
     "LiYan": schedules.LiYan,

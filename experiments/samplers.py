@@ -9,8 +9,6 @@ energy test (:func:`densityformula.sampling.energy_test`).
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -19,6 +17,7 @@ import torch
 
 from densityformula import models, schedules, targets
 from densityformula import sampling
+from . import _common as C  # the driver loads experiments/ as a package
 
 NAME = "samplers"
 TITLE = "Samplers with the exact score reproduce a 2-D mixture"
@@ -27,19 +26,6 @@ CLAIM = (
     "count its energy distance to exact draws is at the exact-vs-exact noise floor."
 )
 
-
-def _load_common():
-    """The shared helpers ``experiments/_common.py``, loaded by path (the driver imports by path)."""
-    name = "_densityformula_experiments_common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-C = _load_common()
 
 SAMPLERS = {
     "ddpm (beta_tilde)": (sampling.ddpm, {}),

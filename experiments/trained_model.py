@@ -20,9 +20,7 @@ and ELBO <= log p_ODE (the ELBO bounds the SDE sampler's density, not the ODE's)
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -36,6 +34,7 @@ from densityformula.likelihood import probability_flow
 from densityformula.sampling import default_t_start
 from densityformula.neural import MLPDenoiser
 from densityformula.training import Trainer
+from . import _common as C  # the driver loads experiments/ as a package
 
 NAME = "trained_model"
 TITLE = "Trained MLP: continuous ELBO, DDPM ELBO, PF-ODE likelihood and log q_0"
@@ -44,19 +43,6 @@ CLAIM = (
     "the PF-ODE likelihood lie below log q_0 on average; pointwise orderings are reported, not claimed."
 )
 
-
-def _load_common():
-    """The shared helpers ``experiments/_common.py``, loaded by path (the driver imports by path)."""
-    name = "_densityformula_experiments_common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-C = _load_common()
 
 LAM_RANGE = (-15.0, 15.0)  # the density formula's float32 default; the network is compared on this range
 

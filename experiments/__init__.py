@@ -1,0 +1,1 @@
+"""Experiment scripts: one claim each; run by `densityformula reproduce` (see densityformula/cli.py)."""
