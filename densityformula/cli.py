@@ -34,16 +34,9 @@ def discover(experiments_dir: Path) -> List[ModuleType]:
     # share helpers with relative imports: ``from . import _common``
     package = f"_densityformula_experiments_{abs(hash(str(experiments_dir.resolve())))}"
     if package not in sys.modules:
-        init = experiments_dir / "__init__.py"
-        pkg_spec = importlib.util.spec_from_file_location(
-            package, init if init.exists() else None, submodule_search_locations=[str(experiments_dir)]
-        )
-        if pkg_spec is None:  # pragma: no cover
-            raise ValueError(f"cannot load {experiments_dir} as a package")
-        pkg = importlib.util.module_from_spec(pkg_spec)
+        pkg = ModuleType(package)
+        pkg.__path__ = [str(experiments_dir)]  # type: ignore[attr-defined]
         sys.modules[package] = pkg
-        if init.exists() and pkg_spec.loader is not None:
-            pkg_spec.loader.exec_module(pkg)
     mods = []
     for path in sorted(experiments_dir.glob("*.py")):
         if path.name.startswith("_"):
