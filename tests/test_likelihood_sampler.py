@@ -142,3 +142,16 @@ class _Tanh(DiffusionModel):
 def test_non_affine_model_rejected():
     with pytest.raises(ValueError, match="affine"):
         gaussian_sampler(_Tanh(), d=2)
+
+
+def test_gaussian_sampler_takes_an_affine_denoiser_without_target():
+    """I14 on an AffineDenoiser (dimension from ``model.d``) equals the law of the exact Gaussian model."""
+    import densityformula as df
+
+    S = df.schedules.Discrete.ddpm_linear(50)
+    mean, cov = torch.tensor([0.3, -0.2]), torch.tensor([[0.25, 0.05], [0.05, 0.16]])
+    affine = df.neural.AffineDenoiser.from_gaussian(mean, cov, S)
+    exact = df.models.AnalyticModel(df.targets.Gaussian(mean, cov), S)
+    a, b = df.likelihood.gaussian_sampler(affine), df.likelihood.gaussian_sampler(exact)
+    m64, c64 = mean.double(), cov.double()
+    torch.testing.assert_close(a.kl(m64, c64), b.kl(m64, c64), rtol=1e-8, atol=1e-12)

@@ -160,9 +160,10 @@ def gaussian_sampler(
         raise TypeError(f"model must be a DiffusionModel, got {type(model).__name__}")
     if d is None:
         target = getattr(model, "target", None)
-        if target is None:
-            raise ValueError("d is required for a model without a .target")
-        d = int(target.d)
+        d_attr = target.d if target is not None else getattr(model, "d", None)
+        if d_attr is None:
+            raise ValueError("d is required for a model without a .target or a .d")
+        d = int(d_attr)
     if sampler == "ddpm":
         kern = ddpm_kernels(model, default_discrete(model, schedule), variance, decoder_variance)
         if prior_var is not None:

@@ -257,9 +257,12 @@ def ddpm(
     ``v = sigma_{t|s}^2`` (``variance="beta"``); the step onto ``sigma_s = 0`` adds no noise.  On
     :class:`~densityformula.schedules.Discrete` with ``steps = T`` this is Ho et al.'s sampler
     exactly (``sigma_{t|s}^2 = beta_k``); fewer steps use a strided subsequence; on a continuous
-    schedule it is the ancestral sampler of the discretization on the grid.  With ``"beta"`` the
-    sampler is the one whose ELBO MATH I7/I9 describe (the model's ``D`` enters through the one
-    conversion, I1).  ``steps`` defaults to ``T`` (Discrete) or 1000.
+    schedule it is the ancestral sampler of the discretization on the grid.  With ``"beta"`` its
+    steps are those whose ELBO MATH I7/I9 describe (the model's ``D`` enters through the one
+    conversion, I1), except the last: this sampler returns the decoder mean ``D(x_1)`` (Ho et
+    al.'s practice), whereas ``elbo.ddpm``, ``likelihood.sampler_density_1d`` and
+    ``likelihood.gaussian_sampler`` describe a sampler whose last step adds decoder noise
+    ``N(D(x_1), beta_1)``; add ``sqrt(beta_1) z`` to the output to compare the two laws.  ``steps`` defaults to ``T`` (Discrete) or 1000.
     Works from ``t_start = t_max`` even where ``alpha = 0`` (LiYan ``t = 1``; pass it explicitly).
     """
     if variance not in ("beta", "beta_tilde"):
