@@ -272,3 +272,23 @@ def test_benchmark_accuracy_goal():
     for kw in (dict(solver="batch"), dict(solver="batch", error_norm="rms"), dict(solver="per_point")):
         est = probability_flow(m, x, rtol=1e-5, atol=1e-5, prior=prior, **kw)
         assert float((est.value - exact).abs().mean()) <= 1e-4, kw
+
+
+def test_network_default_range_warns_and_a_collapsed_step_is_explained():
+    """A network integrated to the default log-SNR -40 gets a warning; if torchdiffeq's step
+    underflows there, the error says why instead of a bare AssertionError."""
+    import warnings
+
+    import densityformula as df
+
+    net = df.models.MLPDenoiser(2, df.schedules.LiYan(), width=16, depth=1, seed=0)
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(RuntimeWarning, match="t_end"):
+        try:
+            df.likelihood.probability_flow(net, x, trace="exact")
+        except RuntimeError as exc:
+            assert "underflowed" in str(exc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est = df.likelihood.probability_flow(net, x, trace="exact", t_end=df.sampling.default_t_start(net.schedule))
+    assert bool(torch.isfinite(est.value).all())

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
@@ -36,6 +37,9 @@ from ..schedules import Discrete, LiYan, Schedule, VPCosine, VPLinear
 
 _VP_SCHEDULES = (LiYan, VPLinear, VPCosine, Discrete)  # alpha^2 + sigma^2 = 1
 from ._ode import dopri5_per_point
+
+# below this log-SNR (DDPM-linear's end, -10.1) networks trained on common schedules see few samples
+_TRAINED_LAMBDA_MIN = -10.5
 
 Tensor = torch.Tensor
 Prior = Union[str, Callable[[Tensor, Tensor], Tensor]]
@@ -260,6 +264,15 @@ def probability_flow(
     clip_lo, clip_hi = float(lambda_clip[0]), float(lambda_clip[1])
     lam_s = _resolve_lambda(sched, t_start, sched.t_min, clip_hi, "t_start", lo=False).to(dev)
     lam_e = _resolve_lambda(sched, t_end, sched.t_max, -clip_lo, "t_end", lo=True).to(dev)
+    if t_end is None and not isinstance(model, AnalyticModel) and float(lam_e.min()) < _TRAINED_LAMBDA_MIN:
+        warnings.warn(
+            f"probability_flow integrates this model down to log-SNR {float(lam_e.min()):.3g} (the default "
+            f"t_end); a trained network is rarely accurate below about {_TRAINED_LAMBDA_MIN:g}, and that "
+            "error enters the likelihood. Pass t_end (e.g. densityformula.sampling.default_t_start(schedule)) "
+            "to stop where the network was trained.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     lam_s_n = lam_s.expand(n) if lam_s.ndim == 0 else lam_s
     lam_e_n = lam_e.expand(n) if lam_e.ndim == 0 else lam_e
     if lam_s_n.shape != (n,) or lam_e_n.shape != (n,):
@@ -436,7 +449,17 @@ def _solve_torchdiffeq(
             # land exactly on every output time instead of stepping past the end and
             # interpolating: past the end lambda leaves the schedule's log-SNR range.
             options["step_t"] = grid[1:]
-        ys = odeint(func, y0, grid, rtol=rtol, atol=atol, method=method, options=options)
+        try:
+            ys = odeint(func, y0, grid, rtol=rtol, atol=atol, method=method, options=options)
+        except AssertionError as exc:  # torchdiffeq signals a collapsed step with a bare assert
+            if "underflow in dt" not in str(exc):
+                raise
+            raise RuntimeError(
+                "probability_flow: the adaptive step size underflowed: the model's velocity is too stiff "
+                "somewhere on the path (typically a network evaluated far outside the log-SNR range it was "
+                "trained on, or low precision). Pass t_end / lambda_clip inside the trained range, use "
+                "float64 inputs, or loosen rtol/atol."
+            ) from exc
     traj = None
     if return_trajectory:
         lams = grid if same else (lam_s[None, :].double() + grid[:, None] * (lam_e - lam_s)[None, :].double())
