@@ -195,3 +195,27 @@ def em_kernels(model: DiffusionModel, times: Any, prior_var: Optional[float] = N
     if prior_var is None:
         prior_var = float(sched.alpha2(tt[-1]) + sched.sigma2(tt[-1]))
     return ReverseKernels(model, a, c, var, t_hi, torch.ones_like(t_hi), float(prior_var), "euler_maruyama")
+
+
+def sampler_kernels(
+    model: DiffusionModel,
+    sampler: str,
+    *,
+    schedule: Optional[Discrete],
+    variance: str,
+    decoder_variance: Optional[float],
+    prior_var: Optional[float],
+    times: Any,
+) -> ReverseKernels:
+    """The reverse kernels of ``sampler`` (``"ddpm"`` or ``"euler_maruyama"``) for ``model``: the
+    one place where the sampler densities (I13, I14) choose what they propagate."""
+    if sampler == "ddpm":
+        kern = ddpm_kernels(model, default_discrete(model, schedule), variance, decoder_variance)
+        if prior_var is not None:
+            kern.prior_var = float(prior_var)
+        return kern
+    if sampler == "euler_maruyama":
+        if times is None:
+            raise ValueError("times (the model-schedule time grid) is required for sampler='euler_maruyama'")
+        return em_kernels(model, times, prior_var)
+    raise ValueError(f"sampler must be 'ddpm' or 'euler_maruyama', got {sampler!r}")

@@ -19,7 +19,7 @@ import torch
 
 from ..models import DiffusionModel
 from ..schedules import Discrete
-from ._kernels import ReverseKernels, ddpm_kernels, default_discrete, em_kernels
+from ._kernels import ReverseKernels, sampler_kernels
 
 Tensor = torch.Tensor
 
@@ -164,16 +164,10 @@ def gaussian_sampler(
         if d_attr is None:
             raise ValueError("d is required for a model without a .target or a .d")
         d = int(d_attr)
-    if sampler == "ddpm":
-        kern = ddpm_kernels(model, default_discrete(model, schedule), variance, decoder_variance)
-        if prior_var is not None:
-            kern.prior_var = float(prior_var)
-    elif sampler == "euler_maruyama":
-        if times is None:
-            raise ValueError("times is required for sampler='euler_maruyama'")
-        kern = em_kernels(model, times, prior_var)
-    else:
-        raise ValueError(f"sampler must be 'ddpm' or 'euler_maruyama', got {sampler!r}")
+    kern = sampler_kernels(
+        model, sampler, schedule=schedule, variance=variance, decoder_variance=decoder_variance,
+        prior_var=prior_var, times=times,
+    )
     dtype = getattr(model, "dtype", torch.float64)
     device = getattr(model, "device", torch.device("cpu"))
     pts = torch.cat([torch.zeros(1, d, dtype=dtype, device=device), torch.eye(d, dtype=dtype, device=device)], 0)

@@ -22,7 +22,7 @@ import torch
 
 from ..models import DiffusionModel
 from ..schedules import Discrete
-from ._kernels import ReverseKernels, ddpm_kernels, default_discrete, em_kernels
+from ._kernels import ReverseKernels, sampler_kernels
 
 Tensor = torch.Tensor
 
@@ -111,16 +111,10 @@ def sampler_density_1d(
     """
     if not isinstance(model, DiffusionModel):
         raise TypeError(f"model must be a DiffusionModel, got {type(model).__name__}")
-    if sampler == "ddpm":
-        kern = ddpm_kernels(model, default_discrete(model, schedule), variance, decoder_variance)
-        if prior_var is not None:
-            kern.prior_var = float(prior_var)
-    elif sampler == "euler_maruyama":
-        if times is None:
-            raise ValueError("times (the model-schedule time grid) is required for sampler='euler_maruyama'")
-        kern = em_kernels(model, times, prior_var)
-    else:
-        raise ValueError(f"sampler must be 'ddpm' or 'euler_maruyama', got {sampler!r}")
+    kern = sampler_kernels(
+        model, sampler, schedule=schedule, variance=variance, decoder_variance=decoder_variance,
+        prior_var=prior_var, times=times,
+    )
     dtype = getattr(model, "dtype", torch.float64)
     device = getattr(model, "device", torch.device("cpu"))
     if grid is None:
