@@ -1,8 +1,10 @@
 """densityformula: verify the theory of diffusion models' likelihoods with numbers you can trust.
 
 ``import densityformula as df`` gives the modules ``df.schedules``, ``df.targets``,
-``df.models``, ``df.parameterization``, ``df.neural``, ``df.training``, ``df.data`` and the
-:class:`Estimate` every estimator returns.
+``df.models``, ``df.parameterization``, ``df.neural``, ``df.training``, ``df.data``,
+``df.sampling``, ``df.elbo``, ``df.likelihood``; the estimators ``df.density_formula`` and
+``df.density_formula_discrete``; ``df.bits_per_dim``; and the :class:`Estimate` every
+estimator returns.
 """
 from . import parameterization, schedules, targets
 from . import models
