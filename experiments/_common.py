@@ -25,6 +25,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from densityformula import schedules  # noqa: E402
+
+# the continuous schedules every schedule-sweep experiment runs over
+SCHEDULES = {
+    "LiYan": schedules.LiYan,
+    "VPLinear": schedules.VPLinear,
+    "VPCosine": schedules.VPCosine,
+    "SubVP": schedules.SubVP,
+    "VE": schedules.VE,
+}
+
 ALPHA = 1e-3  # family-wise false-alarm level of every statistical claim
 
 

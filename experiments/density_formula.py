@@ -25,13 +25,7 @@ CLAIM = (
 )
 
 
-SCHEDULES = {
-    "LiYan": schedules.LiYan,
-    "VPLinear": schedules.VPLinear,
-    "VPCosine": schedules.VPCosine,
-    "SubVP": schedules.SubVP,
-    "VE": schedules.VE,
-}
+SCHEDULES = C.SCHEDULES
 
 
 def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:

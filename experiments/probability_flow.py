@@ -14,7 +14,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from densityformula import models, schedules, targets
+from densityformula import models, targets
 from densityformula.likelihood import probability_flow
 from . import _common as C  # the driver loads experiments/ as a package
 
@@ -26,13 +26,7 @@ CLAIM = (
 )
 
 
-SCHEDULES = {
-    "LiYan": schedules.LiYan,
-    "VPLinear": schedules.VPLinear,
-    "VPCosine": schedules.VPCosine,
-    "SubVP": schedules.SubVP,
-    "VE": schedules.VE,
-}
+SCHEDULES = C.SCHEDULES
 BOUND_FACTOR = 1000.0  # stated: global error <= 1000 x tolerance (local control, a few hundred steps)
 
 
