@@ -12,7 +12,7 @@ only error is the estimator's (ground truth ``GaussianMixture.log_prob``):
     Information-Theoretic Diffusion (Kong, Brekelmans & Ver Steeg 2023); one noise draw per
     log-SNR sample, no control variate.
 
-All three use the same integrand ``d sigmoid(lambda) - ||Z - eps_hat(x_lambda)||^2`` (MATH I6).
+All three use the same integrand ``d sigmoid(lambda) - ||Z - eps_hat(x_lambda)||^2`` (docs/math.md I6).
 
 Usage::
 
@@ -46,7 +46,7 @@ ROWS = 1 << 18  # rows per model call in the baselines
 
 
 def integrand(model, x: torch.Tensor, lam: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """``d sigmoid(lam) - ||z - eps_hat(alpha x + sigma z)||^2`` row by row (MATH I6)."""
+    """``d sigmoid(lam) - ||z - eps_hat(alpha x + sigma z)||^2`` row by row (docs/math.md I6)."""
     sched = model.schedule
     t = sched.t_from_log_snr(lam)
     a, s = sched.alpha(t)[:, None], sched.sigma(t)[:, None]
@@ -182,7 +182,7 @@ def to_markdown(rows: List[dict], command: str, elapsed: float, date: str = "") 
         "# Benchmark: the score-based density formula estimator",
         "",
         "Estimator (a) in brief: `log q_0(x) = -(d/2) log(2 pi e) + 1/2 int [d sigmoid(l) - E||Z - eps_hat||^2] dl`"
-        " (MATH I6) by Gauss-Legendre in u with l = 3 sinh(u) on [-25, 25] (dense where the integrand has"
+        " (docs/math.md I6) by Gauss-Legendre in u with l = 3 sinh(u) on [-25, 25] (dense where the integrand has"
         " structure, sparse in its exponential tails), one extra node per end that integrates the asymptotic"
         " e^{-|l|} tail beyond the range exactly (its size is reported as the truncation bound), scrambled Sobol"
         " normal draws with an independent digital shift per point (uncorrelated errors across points), the"

@@ -1,4 +1,4 @@
-"""Benchmark: ``GaussianMixture.denoise`` throughput (points per second), MATH I3.
+"""Benchmark: ``GaussianMixture.denoise`` throughput (points per second), docs/math.md I3.
 
 For d in {2, 64, 512} and K in {3, 32} (full covariances from ``random_gmm``) and growing batch
 sizes n, time ``gmm.denoise(x, t, LiYan())`` with a different time for every point (the way the
@@ -113,7 +113,7 @@ def markdown(tables: Dict[str, Table], ns: List[int], cmd: str) -> str:
     lines = [
         "# Benchmark: `GaussianMixture.denoise` throughput",
         "",
-        "Exact posterior mean (MATH I3) of a `random_gmm(d, K)` mixture with full covariances, float64,",
+        "Exact posterior mean (docs/math.md I3) of a `random_gmm(d, K)` mixture with full covariances, float64,",
         "one different LiYan time per point, `torch.no_grad()`; points per second = n / (minimum wall time",
         "over >= 3 calls and >= 0.3 s of calls).  \"-\" = skipped: one call was predicted to exceed the",
         "budget (`--budget`, seconds) from the previous n.",

@@ -1,6 +1,6 @@
 """Quadrature in log-SNR and variance-reduced Monte Carlo over the noise (private).
 
-The density formula (MATH.md I5/I6, and its discrete version I7) is a weighted sum over
+The density formula (docs/math.md I5/I6, and its discrete version I7) is a weighted sum over
 log-SNR nodes ``lambda_j`` of conditional expectations over the noise ``Z ~ N(0, I_d)``::
 
     S(x) = sum_j w_j E_Z[ f_j(x, Z) ].
@@ -96,7 +96,7 @@ def tail_nodes(lo: float, hi: float) -> Tuple[List[float], List[float]]:
 
     For ``lambda -> -inf`` the integrand is ``B sigmoid(lambda) + O(sigmoid(lambda)^2)`` and for
     ``lambda -> +inf`` it is ``A sigmoid(-lambda) + O(e^{-2 lambda})`` (the Gaussian limits of
-    MATH I6: ``alpha^2 (d - ||x - E X_0||^2)`` and ``-e^{-lambda}(d + ||grad log q||^2 +
+    docs/math.md I6: ``alpha^2 (d - ||x - E X_0||^2)`` and ``-e^{-lambda}(d + ||grad log q||^2 +
     2 lap log q)``).  Reading ``B, A`` off one evaluation at the truncation point gives
     ``int_{-inf}^{lo} f = f(lo) softplus(lo) / sigmoid(lo)`` and
     ``int_{hi}^{inf} f = f(hi) softplus(-hi) / sigmoid(-hi)``.  An infinite end needs no node.

@@ -1,4 +1,4 @@
-"""Bits per dimension, with the data scaling and dequantization explicit (DESIGN.md, users' requests).
+"""Bits per dimension, with the data scaling and dequantization explicit (users' requests).
 
 A model defines a density ``p_Y`` on its own coordinates ``y``.  Quantised data (e.g. 8-bit
 images) are integers ``u in {0, ..., n_bins - 1}^d`` mapped to the model's coordinates by an

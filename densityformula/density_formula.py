@@ -1,11 +1,11 @@
 """The score-based density formula (Li & Yan 2024, Theorem 1) as a fast, calibrated estimator.
 
-Continuous time, written once in log-SNR so that it holds for every schedule (MATH I5/I6)::
+Continuous time, written once in log-SNR so that it holds for every schedule (docs/math.md I5/I6)::
 
     log q_0(x) = -(d/2) log(2 pi e) + 1/2 int_{-inf}^{inf} E_Z[ f(lambda, x, Z) ] d lambda,
     f = d sigmoid(lambda) - ||Z - eps_hat(x_lambda)||^2,        x_lambda = alpha x + sigma Z,
 
-and, with the same integrand, on a DDPM grid (MATH I7; the I7 weights reduce to
+and, with the same integrand, on a DDPM grid (docs/math.md I7; the I7 weights reduce to
 ``w_k = beta_k / (2 alpha_k (1 - alpha_bar_k))`` times ``d alpha_bar_k - E||Z - eps_hat_k||^2``).
 
 Integrand forms (all exact in expectation for ANY model, by algebra or Stein's lemma):
@@ -125,7 +125,7 @@ def _make_integrand(
     divergence: str,
     generator: torch.Generator,
 ) -> Tuple[Callable[[Tensor, Tensor, Tensor], Tensor], Tensor, int, Optional[str]]:
-    """The per-row integrand ``f(lambda_j, x_i, Z)`` (MATH I6) at the model's own times.
+    """The per-row integrand ``f(lambda_j, x_i, Z)`` (docs/math.md I6) at the model's own times.
 
     Returns ``(f, lam_eff, evals_per_row, divergence_used)``; ``lam_eff`` is the log-SNR the model's schedule
     actually realises at ``t(lambda)`` (equal to ``lam`` up to rounding, inside its range).
@@ -300,14 +300,14 @@ def density_formula(
     memory_budget: int = 1 << 30,
     progress: bool = False,
 ) -> Estimate:
-    """``log q_0(x)`` of the model's data law by the score-based density formula (MATH I5, I6).
+    """``log q_0(x)`` of the model's data law by the score-based density formula (docs/math.md I5, I6).
 
     Implements, for every schedule through its log-SNR ``lambda``,
     ``log q_0(x) = -(d/2) log(2 pi e) + 1/2 int [d sigmoid(lambda) - E||Z - eps_hat(x_lambda)||^2] d lambda``
     (I6, log-SNR form; I5 is the LiYan-time version), with the integrand in the chosen ``form``
     (``"eps"``, ``"denoiser"``, ``"score"`` or ``"hyvarinen"``; all exact in expectation for any
     model with ``denoise``).  With a model's denoiser in place of the true one the same number
-    is the continuous-time ELBO of MATH I8.
+    is the continuous-time ELBO of docs/math.md I8.
 
     Estimator: ``n_nodes`` Gauss-Legendre nodes in ``u`` with
     ``lambda = lambda_center + lambda_scale sinh(u)`` on ``lambda_range`` (default ``(-25, 25)``
@@ -481,7 +481,7 @@ def density_formula_discrete(
     memory_budget: int = 1 << 30,
     progress: bool = False,
 ) -> Estimate:
-    """The density formula on a DDPM grid (MATH I7), exact in its conditional expectations up to MC.
+    """The density formula on a DDPM grid (docs/math.md I7), exact in its conditional expectations up to MC.
 
     ``log q_0(x) ~ -(d/2) log(2 pi e) - sum_{k=1}^T [ (1-alpha_k)/(2 alpha_k) E||s_k + (X_k - sqrt(abar_k) x)/(1-abar_k)||^2
     - (d/2)(abar_{k-1} - abar_k)/(1 - abar_k) ]``, which is

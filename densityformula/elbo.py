@@ -1,4 +1,4 @@
-"""Evidence lower bounds of diffusion models (MATH.md section 5: I8, I9, I10, I11).
+"""Evidence lower bounds of diffusion models (docs/math.md section 5: I8, I9, I10, I11).
 
 - :func:`ddpm`: Ho et al.'s discrete ELBO ``-(L_T + sum_{k>=2} L_{k-1} + L_0)`` of the model's
   DDPM ancestral sampler, per point, with exact Gaussian KLs; a lower bound on the log density
@@ -475,7 +475,7 @@ def kl_de_bruijn(
             (its target).
         p: a ``GaussianMixture`` or any :class:`DiffusionModel` (its ``eps`` at the same
             log-SNR is used, so ``KL(q || p_theta)`` measures the model's score error; for a
-            network this is the "score swap" of MATH section 5).
+            network this is the "score swap" of docs/math.md section 5).
     Returns:
         :class:`Estimate` with one value (``value.shape == (1,)``) and its standard error.
     """

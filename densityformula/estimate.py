@@ -1,4 +1,4 @@
-"""``Estimate``: what every estimator returns (DESIGN.md, "Conventions")."""
+"""``Estimate``: what every estimator returns (docs/architecture.md, "Conventions")."""
 from __future__ import annotations
 
 import math

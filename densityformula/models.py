@@ -1,4 +1,4 @@
-"""The model interface every estimator talks to (DESIGN.md "API contract", MATH.md section 2).
+"""The model interface every estimator talks to (docs/architecture.md "API contract", docs/math.md section 2).
 
 A :class:`DiffusionModel` has a ``schedule`` and a denoiser ``denoise(x_t, t) ~ E[X_0 | X_t = x_t]``.
 Noise prediction, score and velocity are derived from it through
@@ -45,7 +45,7 @@ class DiffusionModel(ABC):
         return self.schedule.alpha(tt).to(x_t.dtype), self.schedule.sigma(tt).to(x_t.dtype)
 
     def eps(self, x_t: Tensor, t: TimeLike) -> Tensor:
-        """Noise prediction ``(x_t - alpha D) / sigma`` (MATH section 2)."""
+        """Noise prediction ``(x_t - alpha D) / sigma`` (docs/math.md section 2)."""
         a, s = self._scales(x_t, t)
         return P.x0_to_eps(x_t, self.denoise(x_t, t), a, s)
 
@@ -55,7 +55,7 @@ class DiffusionModel(ABC):
         return P.from_x0("score", self.denoise(x_t, t), x_t, a, s)
 
     def v(self, x_t: Tensor, t: TimeLike) -> Tensor:
-        """Velocity ``alpha eps - sigma D`` (MATH section 2)."""
+        """Velocity ``alpha eps - sigma D`` (docs/math.md section 2)."""
         a, s = self._scales(x_t, t)
         return P.x0_to_v(x_t, self.denoise(x_t, t), a, s)
 
@@ -91,7 +91,7 @@ class AnalyticModel(DiffusionModel):
         return P.score_to_eps(self.score(x_t, t), s)
 
     def v(self, x_t: Tensor, t: TimeLike) -> Tensor:
-        """Exact velocity ``alpha eps - sigma D`` (MATH section 2), finite where ``sigma = 0``."""
+        """Exact velocity ``alpha eps - sigma D`` (docs/math.md section 2), finite where ``sigma = 0``."""
         a, s = self._scales(x_t, t)
         return P.eps_x0_to_v(self.eps(x_t, t), self.denoise(x_t, t), a, s)
 

@@ -1,7 +1,7 @@
 """Neural and parametric models behind the :class:`~densityformula.models.DiffusionModel` interface.
 
 - :class:`MLPDenoiser`: an MLP of ``x_t`` and a log-SNR embedding whose output is one of the
-  parameterizations ``"eps" | "x0" | "v" | "score"`` (MATH section 2).  Every other
+  parameterizations ``"eps" | "x0" | "v" | "score"`` (docs/math.md section 2).  Every other
   parameterization is obtained through :mod:`densityformula.parameterization` (the one
   conversion), e.g. ``D = (x_t - sigma eps_hat) / alpha`` and ``s = -eps_hat / sigma`` (I1).
 - :class:`ConditionalMLPDenoiser`: the same network conditioned on a class label or a
@@ -42,7 +42,7 @@ _LAMBDA_CLIP = 20.0  # |log-SNR| beyond which the embedding saturates (alpha/sig
 
 
 def log_snr_embedding(lam: Tensor, dim: int, clip: float = _LAMBDA_CLIP) -> Tensor:
-    """Sinusoidal features of the log-SNR ``lambda = log(alpha^2 / sigma^2)`` (MATH section 1).
+    """Sinusoidal features of the log-SNR ``lambda = log(alpha^2 / sigma^2)`` (docs/math.md section 1).
 
     ``lambda`` is clamped to ``[-clip, clip]`` first, so the ``+-inf`` that schedules return at
     their ends (e.g. LiYan at ``t = 0, 1``) embed to finite features.  Returns
@@ -105,7 +105,7 @@ class _TimeMixin:
 
 
 class MLPDenoiser(_TimeMixin, DiffusionModel, nn.Module):
-    """An MLP denoiser ``D_theta(x_t, t)`` with a log-SNR embedding (MATH section 2).
+    """An MLP denoiser ``D_theta(x_t, t)`` with a log-SNR embedding (docs/math.md section 2).
 
     The network sees ``c_in x_t`` with ``c_in = 1 / sqrt(alpha^2 data_std^2 + sigma^2)`` (so its
     input has unit scale under every schedule, VE included) and a learned projection of
@@ -223,7 +223,7 @@ class MLPDenoiser(_TimeMixin, DiffusionModel, nn.Module):
         return self.out(h).to(x_t.dtype)
 
     def predict(self, x_t: Tensor, t: TimeLike, kind: str = "x0", cond: Optional[Tensor] = None) -> Tensor:
-        """The model's prediction in parameterization ``kind`` (MATH section 2).
+        """The model's prediction in parameterization ``kind`` (docs/math.md section 2).
 
         The raw output (``self.parameterization``) is returned as is when ``kind`` matches;
         ``eps <-> score`` use ``s = -eps/sigma`` directly (I1); anything else goes through
@@ -254,11 +254,11 @@ class MLPDenoiser(_TimeMixin, DiffusionModel, nn.Module):
         return self.predict(x_t, t, self.parameterization)
 
     def denoise(self, x_t: Tensor, t: TimeLike) -> Tensor:
-        """``D_theta(x_t, t) ~ E[X_0 | X_t = x_t]`` (MATH section 2)."""
+        """``D_theta(x_t, t) ~ E[X_0 | X_t = x_t]`` (docs/math.md section 2)."""
         return self.predict(x_t, t, "x0")
 
     def eps(self, x_t: Tensor, t: TimeLike) -> Tensor:
-        """``eps_hat = (x_t - alpha D) / sigma`` (MATH section 2)."""
+        """``eps_hat = (x_t - alpha D) / sigma`` (docs/math.md section 2)."""
         return self.predict(x_t, t, "eps")
 
     def score(self, x_t: Tensor, t: TimeLike) -> Tensor:
@@ -266,7 +266,7 @@ class MLPDenoiser(_TimeMixin, DiffusionModel, nn.Module):
         return self.predict(x_t, t, "score")
 
     def v(self, x_t: Tensor, t: TimeLike) -> Tensor:
-        """``v = alpha eps_hat - sigma D`` (MATH section 2)."""
+        """``v = alpha eps_hat - sigma D`` (docs/math.md section 2)."""
         return self.predict(x_t, t, "v")
 
     def config(self) -> dict:
@@ -378,11 +378,11 @@ class ConditionalMLPDenoiser(MLPDenoiser):
         return self.predict(x_t, t, self.parameterization, y=y)
 
     def denoise(self, x_t: Tensor, t: TimeLike, y: Any = None) -> Tensor:  # type: ignore[override]
-        """``D_theta(x_t, t | y)`` (MATH section 2); ``y=None`` is the unconditional model."""
+        """``D_theta(x_t, t | y)`` (docs/math.md section 2); ``y=None`` is the unconditional model."""
         return self.predict(x_t, t, "x0", y=y)
 
     def eps(self, x_t: Tensor, t: TimeLike, y: Any = None) -> Tensor:  # type: ignore[override]
-        """``eps_hat(x_t, t | y)`` (MATH section 2)."""
+        """``eps_hat(x_t, t | y)`` (docs/math.md section 2)."""
         return self.predict(x_t, t, "eps", y=y)
 
     def score(self, x_t: Tensor, t: TimeLike, y: Any = None) -> Tensor:  # type: ignore[override]
@@ -390,7 +390,7 @@ class ConditionalMLPDenoiser(MLPDenoiser):
         return self.predict(x_t, t, "score", y=y)
 
     def v(self, x_t: Tensor, t: TimeLike, y: Any = None) -> Tensor:  # type: ignore[override]
-        """``v(x_t, t | y)`` (MATH section 2)."""
+        """``v(x_t, t | y)`` (docs/math.md section 2)."""
         return self.predict(x_t, t, "v", y=y)
 
     def given(self, y: Any) -> "ConditionedModel":
@@ -422,11 +422,11 @@ class ConditionedModel(DiffusionModel):
         return self.base.predict(x_t, t, kind, y=self.y)
 
     def denoise(self, x_t: Tensor, t: TimeLike) -> Tensor:
-        """``D_theta(x_t, t | y)`` (MATH section 2)."""
+        """``D_theta(x_t, t | y)`` (docs/math.md section 2)."""
         return self._call(x_t, t, "x0")
 
     def eps(self, x_t: Tensor, t: TimeLike) -> Tensor:
-        """``eps_hat(x_t, t | y)`` (MATH section 2)."""
+        """``eps_hat(x_t, t | y)`` (docs/math.md section 2)."""
         return self._call(x_t, t, "eps")
 
     def score(self, x_t: Tensor, t: TimeLike) -> Tensor:
@@ -434,7 +434,7 @@ class ConditionedModel(DiffusionModel):
         return self._call(x_t, t, "score")
 
     def v(self, x_t: Tensor, t: TimeLike) -> Tensor:
-        """``v(x_t, t | y)`` (MATH section 2)."""
+        """``v(x_t, t | y)`` (docs/math.md section 2)."""
         return self._call(x_t, t, "v")
 
     @property

@@ -1,4 +1,4 @@
-"""The one conversion between denoiser, noise, score and velocity (MATH.md section 2).
+"""The one conversion between denoiser, noise, score and velocity (docs/math.md section 2).
 
 With ``x_t = alpha x_0 + sigma eps``:
 

@@ -1,4 +1,4 @@
-"""Noise processes ``X_t = alpha_t X_0 + sigma_t Z`` (MATH.md section 1).
+"""Noise processes ``X_t = alpha_t X_0 + sigma_t Z`` (docs/math.md section 1).
 
 Every schedule exposes the same vectorised methods::
 
@@ -52,6 +52,12 @@ class Schedule(ABC):
 
     t_min: float = 0.0
     t_max: float = 1.0
+    #: ``alpha_t^2 + sigma_t^2 = 1`` at every ``t`` (docs/math.md section 1); such a schedule has
+    #: ``alpha^2 = sigmoid(lambda)`` and ``sigma^2 = sigmoid(-lambda)`` as functions of log-SNR.
+    variance_preserving: bool = False
+    #: Where the log-SNR is infinite at an end (LiYan at t = 0 and t = 1, VPCosine at t = 1),
+    #: integrators stop at these finite values (``sigma^2 = 1.4e-11`` at 25, ``alpha = 2e-9`` at -40).
+    LOG_SNR_CLIP: Tuple[float, float] = (-40.0, 25.0)
 
     # -- float64 implementations (t already checked, float64) -------------------
     @abstractmethod
@@ -76,7 +82,8 @@ class Schedule(ABC):
         return torch.sqrt(self._sigma2(t))
 
     # -- public API --------------------------------------------------------------
-    def _check(self, t: TimeLike, name: str = "t") -> Tensor:
+    def check_time(self, t: TimeLike, name: str = "t") -> Tensor:
+        """``t`` as a float64 tensor, or ``ValueError`` naming ``name`` if outside ``[t_min, t_max]``."""
         tt = as_time(t, name)
         if tt.numel() and (bool((tt < self.t_min).any()) or bool((tt > self.t_max).any())):
             lo, hi = float(tt.min()), float(tt.max())
@@ -85,15 +92,17 @@ class Schedule(ABC):
             )
         return tt
 
+    _check = check_time  # private alias kept for subclasses written against the old name
+
     def _out(self, value: Tensor, t: TimeLike) -> Tensor:
         return value.to(out_dtype(t))
 
     def alpha(self, t: TimeLike) -> Tensor:
-        """Signal scale ``alpha_t`` (MATH section 1 table)."""
+        """Signal scale ``alpha_t`` (docs/math.md section 1 table)."""
         return self._out(torch.sqrt(self._alpha2(self._check(t))), t)
 
     def sigma(self, t: TimeLike) -> Tensor:
-        """Noise scale ``sigma_t`` (MATH section 1 table)."""
+        """Noise scale ``sigma_t`` (docs/math.md section 1 table)."""
         return self._out(self._sigma(self._check(t)), t)
 
     def alpha2(self, t: TimeLike) -> Tensor:
@@ -146,6 +155,27 @@ class Schedule(ABC):
         lam = self._log_snr(ends)
         return float(lam[0]), float(lam[1])
 
+    @property
+    def finite_log_snr_range(self) -> Tuple[float, float]:
+        """:attr:`log_snr_range` with infinite ends replaced by :attr:`LOG_SNR_CLIP`.
+
+        The interval every integrator in log-SNR uses by default for this schedule.
+        """
+        lo, hi = self.log_snr_range
+        clo, chi = self.LOG_SNR_CLIP
+        return (lo if math.isfinite(lo) else clo, hi if math.isfinite(hi) else chi)
+
+    def clip_log_snr(self, lam: Tensor) -> Tensor:
+        """``lam`` clamped into :attr:`finite_log_snr_range`."""
+        lo, hi = self.finite_log_snr_range
+        return lam.clamp(lo, hi)
+
+    def one_minus_alpha2(self, t: TimeLike) -> Tensor:
+        """``1 - alpha_t^2`` without cancellation (``= sigma_t^2`` for a variance-preserving schedule;
+        ``1 - alpha_bar`` in DDPM notation)."""
+        tt = self.check_time(t)
+        return self._out(-torch.expm1(torch.log(self._alpha2(tt))), t)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -155,6 +185,8 @@ class LiYan(Schedule):
 
     ``dX = -X / (2(1-t)) dt + dB / sqrt(1-t)``; exactly N(0, I) at ``t = 1``.
     """
+
+    variance_preserving = True
 
     def _alpha2(self, t: Tensor) -> Tensor:
         return 1.0 - t
@@ -209,6 +241,8 @@ class _VPFromB(Schedule):
 class VPLinear(_VPFromB):
     """Song et al.'s VP SDE: ``beta(t) = beta_min + (beta_max - beta_min) t``, ``sigma^2 = 1 - alpha^2``."""
 
+    variance_preserving = True
+
     def _sigma2(self, t: Tensor) -> Tensor:
         return -torch.expm1(-self._B(t))
 
@@ -254,6 +288,8 @@ class VPCosine(Schedule):
     ``cos(theta_t)`` is computed as ``sin((1 - t) pi / (2(1+s)))`` so that ``alpha_bar(1) = 0``
     exactly and the log-SNR there is ``-inf``.
     """
+
+    variance_preserving = True
 
     def __init__(self, s: float = 0.008) -> None:
         s = _finite_float("s", s)
@@ -343,7 +379,7 @@ class VE(Schedule):
 
 
 class Discrete(Schedule):
-    """A DDPM noise schedule ``beta_1..beta_T`` (MATH section 1, last row).
+    """A DDPM noise schedule ``beta_1..beta_T`` (docs/math.md section 1, last row).
 
     Time is the step index ``k`` in ``[0, T]``; at integer ``k``,
     ``alpha(k)^2 = alpha_bar_k = prod_{j<=k} (1 - beta_j)``.  Between integers
@@ -351,6 +387,8 @@ class Discrete(Schedule):
     piecewise-constant ``beta(t) = -log(1 - beta_k)`` on ``(k-1, k]``; ``drift`` and ``g2``
     refer to that SDE.  Step ``k`` sits at LiYan time ``tau[k] = 1 - alpha_bar_k``.
     """
+
+    variance_preserving = True
 
     def __init__(self, betas) -> None:
         from ._validation import as_float_tensor
@@ -366,6 +404,21 @@ class Discrete(Schedule):
         self.t_max = float(self.T)
         log_a = torch.log1p(-b)
         self._log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(log_a, 0)])
+
+    @property
+    def log_alpha_bars(self) -> Tensor:
+        """``log alpha_bar_k`` for ``k = 0..T`` (``0`` at ``k = 0``), float64, shape ``(T+1,)``."""
+        return self._log_ab
+
+    @property
+    def one_minus_alpha_bars(self) -> Tensor:
+        """``1 - alpha_bar_k`` for ``k = 0..T`` without cancellation; the same array as :attr:`tau`."""
+        return -torch.expm1(self._log_ab)
+
+    @property
+    def log_snrs(self) -> Tensor:
+        """``lambda_k = log(alpha_bar_k / (1 - alpha_bar_k))`` for ``k = 0..T`` (``+inf`` at ``k = 0``)."""
+        return self._log_ab - torch.log(-torch.expm1(self._log_ab))
 
     # -- constructors ---------------------------------------------------------------
     @classmethod

@@ -1,4 +1,4 @@
-"""Analytic targets: Gaussian mixtures whose every diffused quantity is exact (MATH.md section 3).
+"""Analytic targets: Gaussian mixtures whose every diffused quantity is exact (docs/math.md section 3).
 
 ``q_0 = sum_k w_k N(mu_k, S_k)`` diffuses under ``X_t = alpha X_0 + sigma Z`` to
 

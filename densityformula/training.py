@@ -1,4 +1,4 @@
-"""Denoising score-matching losses and a reproducible trainer (MATH sections 2, 4 and 5).
+"""Denoising score-matching losses and a reproducible trainer (docs/math.md sections 2, 4 and 5).
 
 Loss
 ----
@@ -26,7 +26,7 @@ weighting     err                                     rho(t)
 unbiased estimate of ``-ELBO(x_0)`` in nats: ``(d/2) log(2 pi e) + rho/p (err - sigmoid(lambda)
 ||eps||^2)`` -- the ``-d sigmoid(lambda)`` of the log-SNR form of I6 (I7's
 ``(d/2)(abar_{k-1} - abar_k)/(1 - abar_k)`` in discrete time) written with the zero-mean
-control variate ``sigmoid(lambda)(||eps||^2 - d)`` of MATH section 4.  With the exact denoiser
+control variate ``sigmoid(lambda)(||eps||^2 - d)`` of docs/math.md section 4.  With the exact denoiser
 and a schedule whose log-SNR range is the whole real line (LiYan, VPCosine), its expectation over
 ``t`` and ``eps`` is ``-log q_0(x_0)`` (I5/I6).
 

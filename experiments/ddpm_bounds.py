@@ -1,4 +1,4 @@
-"""DDPM ELBO <= importance-weighted bound <= exact sampler log-density (MATH I9, I10, I13).
+"""DDPM ELBO <= importance-weighted bound <= exact sampler log-density (docs/math.md I9, I10, I13).
 
 In 1-D the output density of a model's DDPM ancestral sampler can be propagated on a grid
 (:func:`densityformula.likelihood.sampler_density_1d`, I13), so the bounds can be checked

@@ -1,4 +1,4 @@
-"""Li & Yan's Theorem 1 (MATH I5/I6): the score-based density formula recovers log q_0.
+"""Li & Yan's Theorem 1 (docs/math.md I5/I6): the score-based density formula recovers log q_0.
 
 Ground truth: the closed-form log-density of a random Gaussian mixture (``random_gmm``).
 The estimator is :func:`densityformula.density_formula.density_formula` with the exact denoiser

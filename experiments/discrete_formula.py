@@ -1,4 +1,4 @@
-"""The discrete-time density formula (MATH I7) converges to log q_0 like 1/T.
+"""The discrete-time density formula (docs/math.md I7) converges to log q_0 like 1/T.
 
 On a DDPM grid ``Discrete.ddpm_linear(T)`` (betas scaled by 1000/T, so every T discretizes the
 same continuous process) the right-endpoint rule of I5 in LiYan time gives I7.  With the exact

@@ -1,4 +1,4 @@
-"""The continuous-time ELBO of an imperfect denoiser (MATH I8): gap on average, not pointwise.
+"""The continuous-time ELBO of an imperfect denoiser (docs/math.md I8): gap on average, not pointwise.
 
 ``ELBO_theta(x)`` is the density formula with ``D_theta`` in place of the true denoiser
 (:func:`densityformula.elbo.continuous`).  I8 says

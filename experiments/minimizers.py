@@ -2,7 +2,7 @@
 
 Li & Yan (2024) argue that minimizing the DDPM training objective (the ELBO) nearly minimizes
 the true objective, ``KL(q || p_theta)`` with ``p_theta`` the law of the model's own DDPM
-sampler.  MATH section 5 locates the approximation: the network's score is not the score of its
+sampler.  docs/math.md section 5 locates the approximation: the network's score is not the score of its
 sampler's output, and the sum over steps discretizes an integral.  Here both objectives are
 closed form (I14), so the two minimizers and the cost of using the wrong one can be measured
 exactly, as functions of the number of steps T:

@@ -1,4 +1,4 @@
-"""Probability-flow ODE likelihood with the exact score reproduces log q (MATH I12).
+"""Probability-flow ODE likelihood with the exact score reproduces log q (docs/math.md I12).
 
 :func:`densityformula.likelihood.probability_flow` with the exact denoiser of a 2-D mixture,
 the exact trace (closed-form score divergence, I4) and the exact prior ``log q_{t_end}`` (I2)

@@ -15,7 +15,7 @@ and checks only what theory guarantees for an arbitrary denoiser:
 * hence ``E_q[ELBO_theta] <= E_q[log q_0]``;
 * Gibbs: ``E_q[log p_ODE] <= E_q[log q]`` (the ODE defines a normalized density).
 
-Not claimed, because MATH.md section 5 says they are false in general: ELBO <= log q_0 pointwise,
+Not claimed, because docs/math.md section 5 says they are false in general: ELBO <= log q_0 pointwise,
 and ELBO <= log p_ODE (the ELBO bounds the SDE sampler's density, not the ODE's).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests of the score-based density formula (MATH.md I5, I6, I7, I8) and its quadrature engine.
+"""Tests of the score-based density formula (docs/math.md I5, I6, I7, I8) and its quadrature engine.
 
 Ground truth is ``GaussianMixture.log_prob`` and, for Gaussian targets, the closed-form
 conditional expectation of the integrand (``_gaussian_integrand``, derived independently of
@@ -493,7 +493,7 @@ def test_runs_on_the_points_device():
 
 def test_discrete_weights_equal_the_literal_i7_sum():
     """The library's reduction of I7 (nodes lambda_k, weights w_k, integrand d abar_k - ||Z - eps||^2)
-    equals MATH I7 written literally with the score, term by term (Gauss-Hermite in d = 1)."""
+    equals docs/math.md I7 written literally with the score, term by term (Gauss-Hermite in d = 1)."""
     g = random_gmm(1, 3, seed=6)
     x = _points(g, 3, 2)
     model = AnalyticModel(g, LiYan())

@@ -1,4 +1,4 @@
-"""Slow statistical tests of the density formula estimator (MATH.md I5-I7).
+"""Slow statistical tests of the density formula estimator (docs/math.md I5-I7).
 
 Run with ``pytest -m slow tests/test_density_formula_slow.py``.
 """

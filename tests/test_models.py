@@ -1,4 +1,4 @@
-"""The model interface (MATH.md section 2): a model that implements only ``denoise`` gets ``eps``,
+"""The model interface (docs/math.md section 2): a model that implements only ``denoise`` gets ``eps``,
 ``score`` and ``v`` through the one conversion, and they agree with the target's exact score (I1).
 
 References: the target's score (itself checked against autograd of ``log_prob`` in

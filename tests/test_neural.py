@@ -1,4 +1,4 @@
-"""Neural and affine models behind the DiffusionModel interface (MATH section 2, I1, I3, I14)."""
+"""Neural and affine models behind the DiffusionModel interface (docs/math.md section 2, I1, I3, I14)."""
 from __future__ import annotations
 
 import math
@@ -43,7 +43,7 @@ def _batch(n: int = 7, d: int = 3, seed: int = 0, t_lo: float = 0.05, t_hi: floa
     return x, t
 
 
-# -- the one conversion round-trips (MATH section 2) ---------------------------------------------
+# -- the one conversion round-trips (docs/math.md section 2) ---------------------------------------------
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
@@ -60,14 +60,14 @@ def test_parameterization_round_trip(kind, a, s, seed):
     x_t = a * x0 + s * eps
     out = P.from_x0(kind, x0, x_t, a, s)
     torch.testing.assert_close(P.to_x0(kind, out, x_t, a, s), x0, rtol=1e-10, atol=1e-10)
-    # at the true x0 every parameterization takes its defining value (MATH section 2)
+    # at the true x0 every parameterization takes its defining value (docs/math.md section 2)
     expected = {"x0": x0, "eps": eps, "score": -eps / s, "v": a * eps - s * x0}[kind]
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_mlp_predictions_are_consistent_conversions(kind):
-    """Every view of one network agrees with the hand-written formulas of MATH section 2."""
+    """Every view of one network agrees with the hand-written formulas of docs/math.md section 2."""
     sch = schedules.VPLinear()
     m = _model(kind, sch)
     x, t = _batch()

@@ -1,4 +1,4 @@
-"""The one conversion between x0 / eps / score / v (MATH.md section 2, I1).
+"""The one conversion between x0 / eps / score / v (docs/math.md section 2, I1).
 
 Reference: build ``x_t = alpha x_0 + sigma eps`` from known ``x_0`` and ``eps``; every conversion
 must then return the known quantity (``score`` is that of the Gaussian kernel, ``-eps/sigma``).

@@ -28,7 +28,7 @@ def _model(sch):
 
 
 def exact_output_moments(monkeypatch, sampler, sch, steps, **kw):
-    """Mean and variance of the sampler output when x_T ~ q_{t_start} exactly (MATH I2)."""
+    """Mean and variance of the sampler output when x_T ~ q_{t_start} exactly (docs/math.md I2)."""
     t0 = kw.pop("t_start", S.default_t_start(sch))
     a0, s20 = float(sch.alpha(t0)), float(sch.sigma2(t0))
     m0, v0 = a0 * M, a0 * a0 * V + s20

@@ -1,6 +1,6 @@
-"""Schedules (MATH.md section 1) against independent references.
+"""Schedules (docs/math.md section 1) against independent references.
 
-References: the closed forms of the MATH.md table evaluated in mpmath at 50 digits (the
+References: the closed forms of the docs/math.md table evaluated in mpmath at 50 digits (the
 float64 input ``t`` taken exactly), mpmath's numerical differentiation for ``drift`` and ``g2``,
 and the DDPM definitions (products of ``1 - beta``) for the discrete schedules.
 """
@@ -43,7 +43,7 @@ IDS = [repr(s) for s in all_schedules()]
 
 
 # ----------------------------------------------------------------------------------------------
-# mpmath reference: (alpha^2, sigma^2) straight from the MATH.md table
+# mpmath reference: (alpha^2, sigma^2) straight from the docs/math.md table
 # ----------------------------------------------------------------------------------------------
 def ref_fn(sch: S.Schedule) -> Callable[[mp.mpf], Tuple[mp.mpf, mp.mpf]]:
     if isinstance(sch, S.LiYan):

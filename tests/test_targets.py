@@ -1,4 +1,4 @@
-"""Gaussian-mixture targets (MATH.md section 3, I1-I4) against independent references.
+"""Gaussian-mixture targets (docs/math.md section 3, I1-I4) against independent references.
 
 References used here, none of which shares code with ``densityformula.targets``:
 scipy.stats.multivariate_normal + logsumexp (log q_0, log q_t), torch autograd of ``log_prob``

@@ -1,4 +1,4 @@
-"""Exact likelihoods of diffusion models (MATH.md section 6: I12, I13, I14).
+"""Exact likelihoods of diffusion models (docs/math.md section 6: I12, I13, I14).
 
 - :func:`probability_flow`: log-density of the probability-flow ODE (I12), integrated in
   log-SNR with ``torchdiffeq`` or with a batched per-point Dormand--Prince.

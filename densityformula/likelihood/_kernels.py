@@ -9,7 +9,7 @@ the model-schedule time with the same log-SNR as step ``k`` (the sampler's varia
 rescaled into the model's coordinates by ``in_scale_k = alpha^model(t_k) / alpha_k``; for VP
 models ``in_scale = 1``).
 
-DDPM (Ho et al.; MATH section 5): with ``abar_k = prod_{j<=k} (1 - beta_j)``, the
+DDPM (Ho et al.; docs/math.md section 5): with ``abar_k = prod_{j<=k} (1 - beta_j)``, the
 posterior-mean parameterization ``mu_theta(x_k) = mu_tilde_k(x_k, x0 = D_k(x_k))`` gives
 ``a_k = sqrt(alpha_k) (1 - abar_{k-1}) / (1 - abar_k)``, ``c_k = sqrt(abar_{k-1}) beta_k / (1 - abar_k)``
 and ``v_k = beta_k`` or ``beta_tilde_k = (1 - abar_{k-1}) beta_k / (1 - abar_k)`` for ``k >= 2``.

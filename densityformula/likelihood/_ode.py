@@ -1,6 +1,6 @@
 """A batched Dormand--Prince 5(4) solver whose step size is chosen per point (private).
 
-Why this exists (DESIGN.md, "Adaptive solvers that do not couple points of a batch").
+Why this exists (docs/architecture.md, "Adaptive solvers that do not couple points of a batch").
 ``torchdiffeq.odeint`` integrates the whole batch with ONE step sequence: the error norm
 is a single number for the whole state, so one hard point shrinks every point's steps and,
 worse, the accepted steps (hence every point's result) depend on which other points share

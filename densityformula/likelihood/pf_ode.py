@@ -1,8 +1,8 @@
-"""Exact log-likelihood of the probability-flow ODE (MATH.md section 6, I12).
+"""Exact log-likelihood of the probability-flow ODE (docs/math.md section 6, I12).
 
 The clock.  Write the probability-flow ODE ``dx/dt = f x - g^2 s / 2`` in the log-SNR
 ``lambda`` of the model's schedule.  With ``d lambda/dt = -g^2/sigma^2`` and Tweedie
-(``sigma^2 s = alpha D - x``, I1) it becomes, for every schedule of MATH section 1,
+(``sigma^2 s = alpha D - x``, I1) it becomes, for every schedule of docs/math.md section 1,
 
     dx/dlambda = F(x, lambda) = c(lambda) x + (alpha D(x, t(lambda)) - x) / 2,
     c(lambda) = d log(alpha)/d lambda = -f sigma^2 / g^2          (c = sigma^2/2 for VP, 0 for VE),
@@ -11,7 +11,7 @@ The clock.  Write the probability-flow ODE ``dx/dt = f x - g^2 s / 2`` in the lo
 
 For a Gaussian target the Jacobian of ``F`` has eigenvalues in ``(-1/2, 1/2)`` at every
 ``lambda`` (``dD/dx`` is ``S (S + sigma^2/alpha^2)^{-1} / alpha``), so the ODE is not stiff
-anywhere, including the ends of LiYan and VP where the ``t`` clock blows up (MATH section 1).
+anywhere, including the ends of LiYan and VP where the ``t`` clock blows up (docs/math.md section 1).
 
 The likelihood.  Along a solution from ``lambda_s`` (data end, large lambda) to ``lambda_e``
 (noise end), the instantaneous change of variables gives (I12)

@@ -123,7 +123,7 @@ def _marginal_parts(schedule: Schedule, t: Any) -> "tuple[float, float]":
 
 def gmm_class_log_likelihood(gmm: Any, schedule: Schedule, y: Any) -> LogLikelihood:
     """The exact classifier of a mixture: ``log p(k = y | X_t = x) = log r_y(x, t)`` (I3), the log of
-    the component posterior of ``q_t`` (MATH section 3), as a function ``(x_t, t) -> (n,)``.
+    the component posterior of ``q_t`` (docs/math.md section 3), as a function ``(x_t, t) -> (n,)``.
 
     ``y``: an int (every point) or an ``(n,)`` integer tensor of component labels.  Computed with
     Cholesky factors and log-sum-exp (no underflow for far components), differentiable in ``x``.
@@ -168,7 +168,7 @@ def gmm_inpainting_log_likelihood(gmm: Any, schedule: Schedule, mask: Any, value
     """``log q(X_0[mask] = values | X_t = x)`` of a mixture, a function ``(x_t, t) -> (n,)``.
 
     ``(X_0[known], X_t)`` is a mixture with components ``N((mu_kn, alpha mu), [[S_kn,kn, alpha S_kn,:],
-    [alpha S_:,kn, alpha^2 S + sigma^2 I]])`` (MATH I2), so the log-likelihood is
+    [alpha S_:,kn, alpha^2 S + sigma^2 I]])`` (docs/math.md I2), so the log-likelihood is
     ``log q(values, x) - log q_t(x)``.  Guiding with it samples ``q_t(x | X_0[known] = values)``
     exactly, whose unknown coordinates at ``t_min`` have the law ``gmm.condition(mask, values)``.
     Undefined where ``sigma_t = 0``.

@@ -76,7 +76,7 @@ def time_grid(
 ) -> Tensor:
     """A strictly decreasing float64 grid of ``steps + 1`` times from ``t_start`` to ``t_end``.
 
-    Spacings (MATH.md section 1):
+    Spacings (docs/math.md section 1):
 
     - ``"t"``: uniform in the schedule's time (Song et al.'s choice for VP, sub-VP and VE; for VE it
       is also uniform in log-SNR, ``lambda = -2 log sigma``).
@@ -206,7 +206,7 @@ def prior_sample(
 
     For VP processes ``alpha^2 + sigma^2 = 1`` (Song et al.'s ``N(0, I)``); for VE it is
     ``1 + sigma_max^2`` (Song et al. use ``sigma_max^2``).  It matches the true law of ``X_t``
-    (MATH I2) when ``X_0`` has zero mean and identity covariance; otherwise the mismatch is
+    (docs/math.md I2) when ``X_0`` has zero mean and identity covariance; otherwise the mismatch is
     ``alpha_t^2 (Cov X_0 - I)``, which is ``4.5e-5`` relative at log-SNR -10.  Pass ``x_T`` drawn
     from ``target.marginal(schedule, t)`` to remove it.
     """

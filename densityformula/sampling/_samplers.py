@@ -8,7 +8,7 @@ Every sampler has the same signature (k-diffusion style)::
 
 and integrates the reverse of the forward process ``X_t = alpha_t X_0 + sigma_t Z`` of
 ``model.schedule`` from ``t_start`` down to ``t_end`` on :func:`time_grid`.  Notation for one step
-from ``t`` to ``s < t`` (MATH.md sections 1-2):
+from ``t`` to ``s < t`` (docs/math.md section 1-2):
 
     alpha_{t|s} = alpha_t / alpha_s,  sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2
 
@@ -258,7 +258,7 @@ def ddpm(
     :class:`~densityformula.schedules.Discrete` with ``steps = T`` this is Ho et al.'s sampler
     exactly (``sigma_{t|s}^2 = beta_k``); fewer steps use a strided subsequence; on a continuous
     schedule it is the ancestral sampler of the discretization on the grid.  With ``"beta"`` its
-    steps are those whose ELBO MATH I7/I9 describe (the model's ``D`` enters through the one
+    steps are those whose ELBO docs/math.md I7/I9 describe (the model's ``D`` enters through the one
     conversion, I1), except the last: this sampler returns the decoder mean ``D(x_1)`` (Ho et
     al.'s practice), whereas ``elbo.ddpm``, ``likelihood.sampler_density_1d`` and
     ``likelihood.gaussian_sampler`` describe a sampler whose last step adds decoder noise
@@ -366,7 +366,7 @@ def euler_maruyama(
     progress: bool = False,
 ) -> Tensor:
     """Euler-Maruyama for the reverse SDE ``dx = [f x - g^2 score] dt + g dB_bar`` (Song et al. eq. 6;
-    ``f``, ``g^2`` of MATH section 1, ``score`` by I1):
+    ``f``, ``g^2`` of docs/math.md section 1, ``score`` by I1):
 
         x_s = x_t - (f(t) x_t - g^2(t) score(x_t, t)) h + sqrt(g^2(t) h) z,   h = t - s.
 
@@ -532,7 +532,7 @@ def probability_flow(
     post_step: None = None,
 ) -> Tensor:
     """The probability-flow ODE ``dx/dt = f x - g^2 score / 2`` (Song et al. eq. 13; the flow whose
-    density MATH I12 computes) solved with
+    density docs/math.md I12 computes) solved with
     torchdiffeq in the log-SNR clock ``lambda``, where it reads
 
         dx/dlambda = a(lambda) x - (sigma / 2) eps_hat(x, t(lambda)),   a = d log alpha / dlambda = -f sigma^2 / g^2
