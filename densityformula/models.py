@@ -9,6 +9,7 @@ and every estimator and sampler runs on it.  ``denoise`` must be differentiable 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import math
 from typing import Any, Tuple
 
 import torch
@@ -20,7 +21,10 @@ from .targets import GaussianMixture
 
 Tensor = torch.Tensor
 
-__all__ = ["DiffusionModel", "AnalyticModel"]
+__all__ = ["DiffusionModel", "AnalyticModel", "log_snr_interval"]
+
+#: the whole log-SNR line: an analytic model is exact at every noise level
+WHOLE_LINE: Tuple[float, float] = (-math.inf, math.inf)
 
 
 class DiffusionModel(ABC):
@@ -35,6 +39,16 @@ class DiffusionModel(ABC):
     @abstractmethod
     def denoise(self, x_t: Tensor, t: TimeLike) -> Tensor:
         """``D(x_t, t) ~ E[X_0 | X_t = x_t]``, same shape as ``x_t``."""
+
+    @property
+    def valid_log_snr(self) -> Tuple[float, float]:
+        """``(lambda_lo, lambda_hi)``: the log-SNRs at which this model may be trusted.
+
+        The whole line for an analytic model; the range a network was trained on (recorded by the
+        trainer, saved in its checkpoint).  Estimators and samplers default to
+        :func:`log_snr_interval`, this range intersected with the schedule's.
+        """
+        return WHOLE_LINE
 
     def _scales(self, x_t: Tensor, t: TimeLike) -> Tuple[Tensor, Tensor]:
         if not isinstance(x_t, Tensor) or not x_t.dtype.is_floating_point or x_t.ndim < 1:
@@ -118,6 +132,24 @@ class AnalyticModel(DiffusionModel):
 
     def __repr__(self) -> str:
         return f"AnalyticModel({self.target!r}, {self.schedule!r})"
+
+
+def log_snr_interval(model: DiffusionModel) -> Tuple[float, float]:
+    """The default log-SNR interval of every estimator and sampler for ``model``.
+
+    ``model.valid_log_snr`` intersected with ``model.schedule.finite_log_snr_range`` (infinite
+    schedule ends clipped to ``Schedule.LOG_SNR_CLIP``).  Raises ``ValueError`` if they do not
+    overlap.
+    """
+    lo_s, hi_s = model.schedule.finite_log_snr_range
+    lo_m, hi_m = getattr(model, "valid_log_snr", WHOLE_LINE)
+    lo, hi = max(lo_s, float(lo_m)), min(hi_s, float(hi_m))
+    if not lo < hi:
+        raise ValueError(
+            f"the model's valid log-SNR range [{lo_m}, {hi_m}] does not overlap its schedule's "
+            f"[{lo_s}, {hi_s}]"
+        )
+    return lo, hi
 
 
 _NEURAL = ("MLPDenoiser", "ConditionalMLPDenoiser", "ConditionedModel", "AffineDenoiser", "log_snr_embedding")

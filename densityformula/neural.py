@@ -176,6 +176,36 @@ class MLPDenoiser(_TimeMixin, DiffusionModel, nn.Module):
             _init_linear(layer, gen)
         _init_linear(self.out, gen, zero=zero_init_output)
         self.to(dtype=dtype, device=device if device is not None else "cpu")
+        # the log-SNR range the network was trained on: set by the trainer, saved in the state dict
+        # (``_extra_state``), so every checkpoint carries it
+        self._valid_log_snr: Tuple[float, float] = (-math.inf, math.inf)
+
+    @property
+    def valid_log_snr(self) -> Tuple[float, float]:
+        """The log-SNR range this network was trained on (``(-inf, inf)`` until trained)."""
+        return self._valid_log_snr
+
+    @valid_log_snr.setter
+    def valid_log_snr(self, value: Tuple[float, float]) -> None:
+        lo, hi = (float(v) for v in value)
+        if math.isnan(lo) or math.isnan(hi) or not lo < hi:
+            raise ValueError(f"valid_log_snr must be (lo, hi) with lo < hi, got {value!r}")
+        self._valid_log_snr = (lo, hi)
+
+    def get_extra_state(self) -> dict:
+        """Saved in the state dict: the trained log-SNR range."""
+        return {"valid_log_snr": list(self._valid_log_snr)}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Restores :meth:`get_extra_state`."""
+        self.valid_log_snr = tuple(state["valid_log_snr"])  # type: ignore[assignment]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
+        # checkpoints written before the range was recorded load as "valid everywhere"
+        key = prefix + "_extra_state"
+        if key not in state_dict:
+            state_dict[key] = {"valid_log_snr": [-math.inf, math.inf]}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -417,6 +447,11 @@ class ConditionedModel(DiffusionModel):
         self.base = base
         self.schedule = base.schedule
         self.y = y
+
+    @property
+    def valid_log_snr(self) -> Tuple[float, float]:
+        """The base network's trained log-SNR range."""
+        return self.base.valid_log_snr
 
     def _call(self, x_t: Tensor, t: TimeLike, kind: str) -> Tensor:
         return self.base.predict(x_t, t, kind, y=self.y)
