@@ -33,9 +33,8 @@ import torch
 from .._validation import as_time
 from ..estimate import Estimate
 from ..models import AnalyticModel, DiffusionModel
-from ..schedules import Discrete, LiYan, Schedule, VPCosine, VPLinear
-
-_VP_SCHEDULES = (LiYan, VPLinear, VPCosine, Discrete)  # alpha^2 + sigma^2 = 1
+from ..reverse import pf_velocity
+from ..schedules import Schedule
 from ._ode import dopri5_per_point
 
 # below this log-SNR (DDPM-linear's end, -10.1) networks trained on common schedules see few samples
@@ -47,105 +46,6 @@ Prior = Union[str, Callable[[Tensor, Tensor], Tensor]]
 __all__ = ["probability_flow", "pf_velocity"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _lam_quantities(schedule: Schedule, lam: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``t(lambda)``, ``alpha``, ``sigma^2`` and ``c = d log alpha / d lambda`` (float64)."""
-    lo, hi = schedule.log_snr_range
-    lam = lam.clamp(lo, hi)  # solvers may probe just past the ends
-    t = schedule.t_from_log_snr(lam)
-    alpha = schedule.alpha(t)
-    if isinstance(schedule, _VP_SCHEDULES):
-        # alpha^2 = sigmoid(lambda) exactly, so c = sigmoid(-lambda)/2 as a function of lambda;
-        # -f sigma^2/g^2 would be inf * 0 where t(lambda) rounds to the end t = 1.
-        s2 = torch.sigmoid(-lam)
-        c = 0.5 * s2
-    else:
-        s2 = schedule.sigma2(t)
-        c = -schedule.drift(t) * s2 / schedule.g2(t)
-    return t, alpha, s2, c
-
-
-def _denoise_and_divergence(model: DiffusionModel, x: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
-    """``(model.denoise(x, t), model.score_divergence(x, t))``, in one pass where possible.
-
-    A model may provide ``denoise_and_score_divergence(x, t)``; for an
-    :class:`~densityformula.models.AnalyticModel` the mixture computes both from one set of
-    responsibilities (half the cost of two calls).
-    """
-    both = getattr(model, "denoise_and_score_divergence", None)
-    if both is not None:
-        return both(x, t)
-    return model.denoise(x, t), model.score_divergence(x, t)  # type: ignore[attr-defined]
-
-
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    """A scalar or per-point ``(k,)`` coefficient reshaped to broadcast against ``x (k, d)``."""
-    v = v.to(x.dtype)
-    return v[:, None] if v.ndim == 1 else v
-
-
-def pf_velocity(
-    model: DiffusionModel,
-    x: Tensor,
-    lam: Tensor,
-    *,
-    trace: str = "none",
-    probes: Optional[Tensor] = None,
-) -> Tuple[Tensor, Optional[Tensor]]:
-    """Probability-flow velocity in the log-SNR clock and (optionally) its divergence (I12).
-
-    ``F = c x + (alpha D(x, t) - x)/2`` with ``t = t(lambda)``, ``c = d log alpha/d lambda``;
-    ``div F = d c + (alpha tr dD/dx - d)/2``.
-
-    Args:
-        model: any :class:`DiffusionModel` (its ``schedule`` defines ``t(lambda)``).
-        x: ``(k, d)`` points in the model's coordinates.
-        lam: scalar or ``(k,)`` log-SNR (float64).
-        trace: ``"none"`` (no divergence), ``"exact"`` (the model's closed-form
-            ``score_divergence`` if it has one, else autograd), ``"autograd"`` (``d`` backward
-            passes, exact), ``"hutchinson"`` (``mean_j v_j^T (dF/dx) v_j`` over ``probes``).
-        probes: ``(P, k, d)`` probe vectors for ``"hutchinson"``.
-
-    Returns:
-        ``(F (k, d), div F (k,) or None)``; for ``"hutchinson"`` the divergence is ``(k, P)``,
-        one single-probe estimate ``v_j^T (dF/dx) v_j`` per column.
-    """
-    t, alpha, s2, c = _lam_quantities(model.schedule, lam)
-    d = x.shape[1]
-    cb, ab = _bcast(c, x), _bcast(alpha, x)
-    closed = getattr(model, "score_divergence", None)
-    if trace == "none":
-        with torch.no_grad():
-            return cb * x + 0.5 * (ab * model.denoise(x, t) - x), None
-    if trace == "exact" and closed is not None:
-        with torch.no_grad():
-            D, div_s = _denoise_and_divergence(model, x, t)
-            F = cb * x + 0.5 * (ab * D - x)
-            div = d * c.to(x.dtype) + 0.5 * s2.to(x.dtype) * div_s
-            return F, div
-    if trace not in ("exact", "autograd", "hutchinson"):
-        raise ValueError(f"trace must be 'exact', 'autograd' or 'hutchinson', got {trace!r}")
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        F = cb * xg + 0.5 * (ab * model.denoise(xg, t) - xg)
-        if trace == "hutchinson":
-            if probes is None:
-                raise ValueError("probes are required for trace='hutchinson'")
-            # one backward pass per probe through the same graph (on CPU this beats
-            # is_grads_batched, whose vmap over the backward was 2-30x slower in d = 64)
-            cols = []
-            for j in range(probes.shape[0]):
-                (vjp,) = torch.autograd.grad(F, xg, probes[j], retain_graph=j + 1 < probes.shape[0])
-                cols.append((vjp * probes[j]).sum(-1))
-            div = torch.stack(cols, 1)
-        else:
-            # exact trace: d backward passes, pass i gives row i of dF/dx for every point
-            div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-            for i in range(d):
-                (gi,) = torch.autograd.grad(F[:, i].sum(), xg, retain_graph=i + 1 < d)
-                div = div + gi[:, i]
-    return F.detach(), div.detach()
 
 
 def _resolve_lambda(schedule: Schedule, t: Any, default: float, clip: float, name: str, lo: bool) -> Tensor:

@@ -1,0 +1,333 @@
+"""The reverse process, defined once: transition kernels and the probability-flow vector field.
+
+Every sampler (:mod:`densityformula.sampling`), the DDPM ELBO and the importance-weighted bound
+(:mod:`densityformula.elbo`), the exact sampler densities and the probability-flow likelihood
+(:mod:`densityformula.likelihood`) take their steps from here (docs/math.md section 8).
+
+Gaussian reverse kernels.
+
+Every sampler here has steps ``k = K..1`` of the form
+
+    x_{k-1} = a_k x_k + c_k D_k(x_k) + sqrt(v_k) z,   z ~ N(0, I),   x_K ~ N(0, prior_var I),
+
+where ``D_k(x) = model.denoise(in_scale_k x, model_t_k)`` is the model's denoiser evaluated at
+the model-schedule time with the same log-SNR as step ``k`` (the sampler's variables are
+rescaled into the model's coordinates by ``in_scale_k = alpha^model(t_k) / alpha_k``; for VP
+models ``in_scale = 1``).
+
+DDPM (Ho et al.; docs/math.md section 5): with ``abar_k = prod_{j<=k} (1 - beta_j)``, the
+posterior-mean parameterization ``mu_theta(x_k) = mu_tilde_k(x_k, x0 = D_k(x_k))`` gives
+``a_k = sqrt(alpha_k) (1 - abar_{k-1}) / (1 - abar_k)``, ``c_k = sqrt(abar_{k-1}) beta_k / (1 - abar_k)``
+and ``v_k = beta_k`` or ``beta_tilde_k = (1 - abar_{k-1}) beta_k / (1 - abar_k)`` for ``k >= 2``.
+Step 1 is the decoder: ``a_1 = 0``, ``c_1 = 1`` and ``v_1 = beta_1`` in both variants
+(``beta_tilde_1 = 0``: continuous data need a non-degenerate decoder), or ``decoder_variance``.
+
+Euler--Maruyama for the reverse SDE ``dx = (f x - g^2 s) dt + g dB-bar`` on a decreasing time
+grid ``t_K > ... > t_0`` of the model's schedule: with ``s = -(x - alpha D)/sigma^2`` (I1) and
+``h = t_k - t_{k-1}``, ``a_k = 1 - h f - h g^2/sigma^2``, ``c_k = h g^2 alpha / sigma^2``,
+``v_k = h g^2``, all at ``t_k``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+import torch
+
+from .models import DiffusionModel
+from .schedules import Discrete, Schedule
+
+Tensor = torch.Tensor
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass
+class ReverseKernels:
+    """Coefficients of ``x_{k-1} = a_k x_k + c_k D_k(x_k) + sqrt(v_k) z`` for ``k = 1..K``.
+
+    Arrays are float64, shape ``(K,)``, index ``k - 1`` for step ``k``.
+    """
+
+    model: DiffusionModel
+    a: Tensor
+    c: Tensor
+    var: Tensor
+    model_t: Tensor
+    in_scale: Tensor
+    prior_var: float
+    kind: str
+    # DDPM only (None otherwise): forward-process quantities of the discrete schedule
+    alpha_bars: Optional[Tensor] = None  # (K+1,)
+    betas: Optional[Tensor] = None  # (K,)
+
+    @property
+    def K(self) -> int:
+        return int(self.a.shape[0])
+
+    def denoise(self, x: Tensor, k: int) -> Tensor:
+        """``D_k(x)`` for step ``k`` (1-based), all points at once."""
+        i = k - 1
+        t = self.model_t[i].to(x.device)
+        s = float(self.in_scale[i])
+        xin = x if s == 1.0 else x * s
+        return self.model.denoise(xin, t)
+
+    def mean(self, x: Tensor, k: int, D: Optional[Tensor] = None) -> Tensor:
+        """``a_k x + c_k D_k(x)``."""
+        i = k - 1
+        if D is None:
+            D = self.denoise(x, k)
+        return float(self.a[i]) * x + float(self.c[i]) * D
+
+
+def _model_times(model: DiffusionModel, lam: Tensor, same: bool) -> tuple:
+    """Model time and input scale with log-SNR ``lam`` (clamped into the model's range, warned)."""
+    sched = model.schedule
+    if same:
+        k = torch.arange(1, lam.shape[0] + 1, dtype=torch.float64)
+        return k, torch.ones_like(k), 0
+    lo, hi = sched.log_snr_range
+    clamped = (lam < lo) | (lam > hi)
+    n_clamped = int(clamped.sum())
+    if n_clamped:
+        warnings.warn(
+            f"{n_clamped} step(s) have a log-SNR outside the model schedule's range [{lo:.4g}, {hi:.4g}]; "
+            "the model is evaluated at the nearest end of its range there",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    lam_c = lam.clamp(lo, hi)
+    t = sched.t_from_log_snr(lam_c)
+    # sampler variable x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) z; model variable alpha_m x0 +
+    # sigma_m z with the same SNR, so x_model = (alpha_m / sqrt(abar_k)) x_k = (sigma_m / sqrt(1-abar_k)) x_k.
+    return t, input_scale(sched, t, lam), n_clamped
+
+
+def input_scale(sched: Schedule, t: Tensor, lam: Tensor) -> Tensor:
+    """``x_model / x_vp`` at log-SNR ``lam``: ``alpha_m/sqrt(sigmoid(lam)) = sigma_m/sqrt(sigmoid(-lam))``.
+
+    The two ratios are equal in exact arithmetic; the noise ratio is used for ``lam < 0`` and the
+    signal ratio otherwise, because near an end of the range the small one of ``alpha_m`` /
+    ``sigma_m`` is computed from a time ``t`` that has lost its relative precision (e.g. LiYan at
+    ``lam = -30``: ``1 - t = 9e-14`` is known to 1e-3).  Where the log-SNR was clamped into the
+    model's range this also matches the noise at the noisy end and the signal at the clean end.
+    """
+    scale_a = sched.alpha(t) / torch.exp(0.5 * _log_sigmoid(lam))
+    scale_s = sched.sigma(t) / torch.exp(0.5 * _log_sigmoid(-lam))
+    return torch.where(lam < 0, scale_s, scale_a)
+
+
+def _log_sigmoid(lam: Tensor) -> Tensor:
+    return -torch.logaddexp(torch.zeros_like(lam), -lam)
+
+
+def same_discrete(a: Schedule, b: Schedule) -> bool:
+    """Whether two schedules are the same discrete schedule (same betas to 1e-12)."""
+    return (
+        isinstance(a, Discrete)
+        and isinstance(b, Discrete)
+        and a.T == b.T
+        and bool(torch.allclose(a.betas, b.betas, rtol=1e-12, atol=0.0))
+    )
+
+
+def default_discrete(model: DiffusionModel, schedule: Optional[Discrete]) -> Discrete:
+    """``schedule``, else the model's own schedule when discrete, else ``Discrete.ddpm_linear(1000)``."""
+    if schedule is not None:
+        if not isinstance(schedule, Discrete):
+            raise TypeError(f"schedule must be a densityformula.schedules.Discrete, got {type(schedule).__name__}")
+        return schedule
+    if isinstance(model.schedule, Discrete):
+        return model.schedule
+    return Discrete.ddpm_linear(T=1000)
+
+
+def ddpm_kernels(
+    model: DiffusionModel,
+    schedule: Discrete,
+    variance: str = "beta",
+    decoder_variance: Optional[float] = None,
+) -> ReverseKernels:
+    """The DDPM ancestral sampler of ``model`` on ``schedule`` (see the module docstring)."""
+    if not isinstance(model, DiffusionModel):
+        raise TypeError(f"model must be a DiffusionModel, got {type(model).__name__}")
+    if variance not in ("beta", "beta_tilde"):
+        raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
+    betas = schedule.betas.double()
+    log_ab = schedule.log_alpha_bars
+    ab = schedule.alpha_bars
+    one_m_ab = schedule.one_minus_alpha_bars  # 1 - abar_k without cancellation
+    ab_prev = ab[:-1]
+    om_prev, om_k = one_m_ab[:-1], one_m_ab[1:]
+    a = torch.sqrt(1.0 - betas) * om_prev / om_k
+    c = torch.sqrt(ab_prev) * betas / om_k
+    beta_tilde = om_prev * betas / om_k
+    var = betas.clone() if variance == "beta" else beta_tilde.clone()
+    if decoder_variance is None:
+        var[0] = betas[0]
+    else:
+        if not (isinstance(decoder_variance, (int, float)) and decoder_variance > 0 and math.isfinite(decoder_variance)):
+            raise ValueError(f"decoder_variance must be a positive float, got {decoder_variance!r}")
+        var[0] = float(decoder_variance)
+    a[0], c[0] = 0.0, 1.0
+    lam = log_ab[1:] - torch.log(om_k)
+    same = same_discrete(model.schedule, schedule)
+    t, scale, _ = _model_times(model, lam, same)
+    return ReverseKernels(model, a, c, var, t, scale, 1.0, "ddpm", alpha_bars=ab, betas=betas)
+
+
+def em_kernels(model: DiffusionModel, times: Any, prior_var: Optional[float] = None) -> ReverseKernels:
+    """Euler--Maruyama steps of the reverse SDE of ``model`` on a decreasing grid ``times``.
+
+    ``times``: ``(K+1,)`` model times ``t_K > ... > t_0`` (given in either order; sorted here).
+    ``prior_var`` defaults to ``alpha(t_K)^2 + sigma(t_K)^2`` (1 for VP schedules).
+    """
+    sched = model.schedule
+    tt = torch.as_tensor(times, dtype=torch.float64).flatten().sort().values
+    if tt.numel() < 2 or bool((tt[1:] <= tt[:-1]).any()):
+        raise ValueError("times must hold at least two distinct, non-repeated model times")
+    t_hi, t_lo = tt[1:], tt[:-1]
+    h = t_hi - t_lo
+    f, g2 = sched.drift(t_hi), sched.g2(t_hi)
+    s2, alpha = sched.sigma2(t_hi), sched.alpha(t_hi)
+    if bool((s2 <= 0).any()):
+        raise ValueError("times must not include a step starting where sigma = 0")
+    a = 1.0 - h * f - h * g2 / s2
+    c = h * g2 * alpha / s2
+    var = h * g2
+    if prior_var is None:
+        prior_var = float(sched.alpha2(tt[-1]) + sched.sigma2(tt[-1]))
+    return ReverseKernels(model, a, c, var, t_hi, torch.ones_like(t_hi), float(prior_var), "euler_maruyama")
+
+
+def sampler_kernels(
+    model: DiffusionModel,
+    sampler: str,
+    *,
+    schedule: Optional[Discrete],
+    variance: str,
+    decoder_variance: Optional[float],
+    prior_var: Optional[float],
+    times: Any,
+) -> ReverseKernels:
+    """The reverse kernels of ``sampler`` (``"ddpm"`` or ``"euler_maruyama"``) for ``model``: the
+    one place where the sampler densities (I13, I14) choose what they propagate."""
+    if sampler == "ddpm":
+        kern = ddpm_kernels(model, default_discrete(model, schedule), variance, decoder_variance)
+        if prior_var is not None:
+            kern.prior_var = float(prior_var)
+        return kern
+    if sampler == "euler_maruyama":
+        if times is None:
+            raise ValueError("times (the model-schedule time grid) is required for sampler='euler_maruyama'")
+        return em_kernels(model, times, prior_var)
+    raise ValueError(f"sampler must be 'ddpm' or 'euler_maruyama', got {sampler!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# probability-flow vector field (I12)
+# --------------------------------------------------------------------------------------------
+def pf_coefficients(schedule: Schedule, lam: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``t(lambda)``, ``alpha``, ``sigma^2`` and ``c = d log alpha / d lambda`` (float64) (I12).
+
+    For a variance-preserving schedule ``c = sigmoid(-lambda)/2`` as a function of ``lambda``;
+    otherwise ``c = -f sigma^2 / g^2``.
+    """
+    lo, hi = schedule.log_snr_range
+    lam = lam.clamp(lo, hi)  # solvers may probe just past the ends
+    t = schedule.t_from_log_snr(lam)
+    alpha = schedule.alpha(t)
+    if schedule.variance_preserving:
+        # alpha^2 = sigmoid(lambda) exactly, so c = sigmoid(-lambda)/2 as a function of lambda;
+        # -f sigma^2/g^2 would be inf * 0 where t(lambda) rounds to the end t = 1.
+        s2 = torch.sigmoid(-lam)
+        c = 0.5 * s2
+    else:
+        s2 = schedule.sigma2(t)
+        c = -schedule.drift(t) * s2 / schedule.g2(t)
+    return t, alpha, s2, c
+
+
+def _denoise_and_divergence(model: DiffusionModel, x: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(model.denoise(x, t), model.score_divergence(x, t))``, in one pass where possible.
+
+    A model may provide ``denoise_and_score_divergence(x, t)``; for an
+    :class:`~densityformula.models.AnalyticModel` the mixture computes both from one set of
+    responsibilities (half the cost of two calls).
+    """
+    both = getattr(model, "denoise_and_score_divergence", None)
+    if both is not None:
+        return both(x, t)
+    return model.denoise(x, t), model.score_divergence(x, t)  # type: ignore[attr-defined]
+
+
+def _bcast(v: Tensor, x: Tensor) -> Tensor:
+    """A scalar or per-point ``(k,)`` coefficient reshaped to broadcast against ``x (k, d)``."""
+    v = v.to(x.dtype)
+    return v[:, None] if v.ndim == 1 else v
+
+
+def pf_velocity(
+    model: DiffusionModel,
+    x: Tensor,
+    lam: Tensor,
+    *,
+    trace: str = "none",
+    probes: Optional[Tensor] = None,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Probability-flow velocity in the log-SNR clock and (optionally) its divergence (I12).
+
+    ``F = c x + (alpha D(x, t) - x)/2`` with ``t = t(lambda)``, ``c = d log alpha/d lambda``;
+    ``div F = d c + (alpha tr dD/dx - d)/2``.
+
+    Args:
+        model: any :class:`DiffusionModel` (its ``schedule`` defines ``t(lambda)``).
+        x: ``(k, d)`` points in the model's coordinates.
+        lam: scalar or ``(k,)`` log-SNR (float64).
+        trace: ``"none"`` (no divergence), ``"exact"`` (the model's closed-form
+            ``score_divergence`` if it has one, else autograd), ``"autograd"`` (``d`` backward
+            passes, exact), ``"hutchinson"`` (``mean_j v_j^T (dF/dx) v_j`` over ``probes``).
+        probes: ``(P, k, d)`` probe vectors for ``"hutchinson"``.
+
+    Returns:
+        ``(F (k, d), div F (k,) or None)``; for ``"hutchinson"`` the divergence is ``(k, P)``,
+        one single-probe estimate ``v_j^T (dF/dx) v_j`` per column.
+    """
+    t, alpha, s2, c = pf_coefficients(model.schedule, lam)
+    d = x.shape[1]
+    cb, ab = _bcast(c, x), _bcast(alpha, x)
+    closed = getattr(model, "score_divergence", None)
+    if trace == "none":
+        with torch.no_grad():
+            return cb * x + 0.5 * (ab * model.denoise(x, t) - x), None
+    if trace == "exact" and closed is not None:
+        with torch.no_grad():
+            D, div_s = _denoise_and_divergence(model, x, t)
+            F = cb * x + 0.5 * (ab * D - x)
+            div = d * c.to(x.dtype) + 0.5 * s2.to(x.dtype) * div_s
+            return F, div
+    if trace not in ("exact", "autograd", "hutchinson"):
+        raise ValueError(f"trace must be 'exact', 'autograd' or 'hutchinson', got {trace!r}")
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        F = cb * xg + 0.5 * (ab * model.denoise(xg, t) - xg)
+        if trace == "hutchinson":
+            if probes is None:
+                raise ValueError("probes are required for trace='hutchinson'")
+            # one backward pass per probe through the same graph (on CPU this beats
+            # is_grads_batched, whose vmap over the backward was 2-30x slower in d = 64)
+            cols = []
+            for j in range(probes.shape[0]):
+                (vjp,) = torch.autograd.grad(F, xg, probes[j], retain_graph=j + 1 < probes.shape[0])
+                cols.append((vjp * probes[j]).sum(-1))
+            div = torch.stack(cols, 1)
+        else:
+            # exact trace: d backward passes, pass i gives row i of dF/dx for every point
+            div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+            for i in range(d):
+                (gi,) = torch.autograd.grad(F[:, i].sum(), xg, retain_graph=i + 1 < d)
+                div = div + gi[:, i]
+    return F.detach(), div.detach()
