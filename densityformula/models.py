@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 import math
-from typing import Any, Tuple
+from typing import Tuple
 
 import torch
 
@@ -21,7 +21,7 @@ from .targets import GaussianMixture
 
 Tensor = torch.Tensor
 
-__all__ = ["DiffusionModel", "AnalyticModel", "log_snr_interval"]
+__all__ = ["DiffusionModel", "AnalyticModel", "log_snr_interval", "check_model"]
 
 #: the whole log-SNR line: an analytic model is exact at every noise level
 WHOLE_LINE: Tuple[float, float] = (-math.inf, math.inf)
@@ -132,6 +132,16 @@ class AnalyticModel(DiffusionModel):
 
     def __repr__(self) -> str:
         return f"AnalyticModel({self.target!r}, {self.schedule!r})"
+
+
+def check_model(model: object, name: str = "model") -> DiffusionModel:
+    """``model`` if it is a :class:`DiffusionModel`, else ``TypeError`` naming ``name``."""
+    if not isinstance(model, DiffusionModel):
+        raise TypeError(
+            f"{name} must be a densityformula DiffusionModel (a schedule and denoise(x_t, t)), "
+            f"got {type(model).__name__}"
+        )
+    return model
 
 
 def log_snr_interval(model: DiffusionModel) -> Tuple[float, float]:
