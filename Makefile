@@ -14,21 +14,26 @@ STAMP := $(VENV)/.densityformula-installed
 PYTEST_WORKERS ?= 2
 REPRODUCE_ARGS ?= --quick
 
-.PHONY: help install test test-fast reproduce reproduce-full bench clean
+.PHONY: help install lint test test-fast reproduce reproduce-full bench clean
 
 help:
 	@echo "make reproduce   run every experiment (quick) into results/ with results/index.html"
 	@echo "make test        the whole test suite (what CI runs)"
+	@echo "make lint        ruff (style, imports, bugbear) and mypy --strict on the package (CI runs it)"
 	@echo "make test-fast   skip tests marked slow"
 	@echo "make bench       run the benchmarks (writes nothing; see docs/benchmarks.md)"
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if [ "$(TORCH_SPEC)" != "none" ]; then $(PY) -m pip install -q "$(TORCH_SPEC)"; fi
-	$(PY) -m pip install -q -e ".[test,notebooks]"
+	$(PY) -m pip install -q -e ".[test,notebooks,dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check densityformula experiments tests benchmarks
+	$(VENV)/bin/mypy
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -q tests
