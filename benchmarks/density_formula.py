@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import densityformula as df  # noqa: E402
-from densityformula.density_formula import density_formula  # noqa: E402
+from densityformula.formula import density_formula  # noqa: E402
 from densityformula.models import AnalyticModel  # noqa: E402
 from densityformula.schedules import LiYan  # noqa: E402
 
@@ -80,10 +80,13 @@ def plain_mc(model, x: torch.Tensor, budget: int, gen: torch.Generator, n_nodes:
     return value, se, m * n_nodes
 
 
-def logistic_mc(model, x: torch.Tensor, budget: int, gen: torch.Generator, loc: float = 0.0, scale: float = 2.0, clip: float = 6.0):
+def logistic_mc(
+    model, x: torch.Tensor, budget: int, gen: torch.Generator, loc: float = 0.0, scale: float = 2.0, clip: float = 6.0
+):
     """(c): lambda ~ logistic(loc, scale) truncated to loc +- clip scale, one Z per lambda."""
     n, d = x.shape
-    lo_c, hi_c = torch.sigmoid(torch.tensor(-clip, dtype=torch.float64)), torch.sigmoid(torch.tensor(clip, dtype=torch.float64))
+    lo_c = torch.sigmoid(torch.tensor(-clip, dtype=torch.float64))
+    hi_c = torch.sigmoid(torch.tensor(clip, dtype=torch.float64))
     mass = float(hi_c - lo_c)
     total = torch.zeros(n, dtype=torch.float64)
     total2 = torch.zeros_like(total)
@@ -175,7 +178,7 @@ def to_markdown(rows: List[dict], command: str, elapsed: float, date: str = "") 
     cpu = "unknown"
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        cpu = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except Exception:  # pragma: no cover
         pass
     lines = [
@@ -209,7 +212,8 @@ def to_markdown(rows: List[dict], command: str, elapsed: float, date: str = "") 
         "- columns: evaluations of the denoiser per point; mean and max |error| over the points (nats); rms of the"
         " reported standard errors; max |error|/stderr",
         "",
-        "| d | method | evals/point | mean abs error | max abs error | rms stderr | max abs err/se | seconds | points |",
+        "| d | method | evals/point | mean abs error | max abs error | rms stderr | max abs err/se | seconds "
+        "| points |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -244,8 +248,10 @@ def to_markdown(rows: List[dict], command: str, elapsed: float, date: str = "") 
             if better:
                 a = min(better, key=lambda r: r["nfe"])
                 lines.append(
-                    f"  Measured directly: (a) with {a['nfe']} evaluations (mean |error| {a['mean_abs_err']:.1e}) beats "
-                    f"(b) with {b['nfe']} ({b['mean_abs_err']:.1e}): at least {b['nfe'] / a['nfe']:.0f}x fewer evaluations "
+                    f"  Measured directly: (a) with {a['nfe']} evaluations "
+                    f"(mean |error| {a['mean_abs_err']:.1e}) beats "
+                    f"(b) with {b['nfe']} ({b['mean_abs_err']:.1e}): "
+                    f"at least {b['nfe'] / a['nfe']:.0f}x fewer evaluations "
                     f"for a smaller error."
                 )
     lines += ["", "## How the cost grows with d", "",
@@ -272,7 +278,12 @@ def main() -> None:
 
         data = json.loads(args.from_json.read_text())
         if isinstance(data, list):  # rows only
-            data = {"rows": data, "command": ".venv/bin/python benchmarks/density_formula.py", "elapsed": float("nan"), "date": ""}
+            data = {
+                "rows": data,
+                "command": ".venv/bin/python benchmarks/density_formula.py",
+                "elapsed": float("nan"),
+                "date": "",
+            }
         md = to_markdown(data["rows"], data["command"], data["elapsed"], data["date"])
         args.out.write_text(md)
         print(md)
@@ -286,9 +297,21 @@ def main() -> None:
     else:
         dims = args.dims or [2, 10, 100]
         budgets = {
-            "a": {2: [2_000, 10_000, 30_000, 100_000], 10: [2_000, 10_000, 30_000, 100_000], 100: [10_000, 30_000, 100_000]},
-            "b": {2: [2_000, 10_000, 100_000, 1_000_000], 10: [2_000, 10_000, 100_000, 300_000], 100: [10_000, 100_000]},
-            "c": {2: [2_000, 10_000, 100_000, 1_000_000], 10: [2_000, 10_000, 100_000, 300_000], 100: [10_000, 100_000]},
+            "a": {
+                2: [2_000, 10_000, 30_000, 100_000],
+                10: [2_000, 10_000, 30_000, 100_000],
+                100: [10_000, 30_000, 100_000],
+            },
+            "b": {
+                2: [2_000, 10_000, 100_000, 1_000_000],
+                10: [2_000, 10_000, 100_000, 300_000],
+                100: [10_000, 100_000],
+            },
+            "c": {
+                2: [2_000, 10_000, 100_000, 1_000_000],
+                10: [2_000, 10_000, 100_000, 300_000],
+                100: [10_000, 100_000],
+            },
         }
         n_points = {2: 16, 10: 16, 100: 4}
     rows = run(dims, budgets, n_points)

@@ -2,17 +2,21 @@
 
 ``import densityformula as df`` gives the modules ``df.schedules``, ``df.targets``,
 ``df.models``, ``df.parameterization``, ``df.neural``, ``df.training``, ``df.data``,
-``df.sampling``, ``df.elbo``, ``df.likelihood``; the estimators ``df.density_formula`` and
-``df.density_formula_discrete``; ``df.bits_per_dim``; and the :class:`Estimate` every
-estimator returns.
+``df.sampling``, ``df.elbo``, ``df.likelihood``, ``df.formula``; the estimators
+``df.density_formula`` and ``df.density_formula_discrete`` (Li & Yan's density formula,
+docs/math.md I5-I7, in :mod:`densityformula.formula`); ``df.bits_per_dim``; and the
+:class:`Estimate` every estimator returns.
 """
-from . import parameterization, schedules, targets
-from . import models
-from .estimate import Estimate
-from . import neural, training, data, sampling
-from .density_formula import density_formula, density_formula_discrete
-from . import elbo, likelihood
+import sys
+
+from . import data, elbo, formula, likelihood, models, neural, parameterization, sampling, schedules, targets, training
 from .bits import bits_per_dim
+from .estimate import Estimate
+from .formula import density_formula, density_formula_discrete
+
+# the formula module's old path: ``from densityformula.density_formula import density_formula`` keeps
+# working, while the attribute ``densityformula.density_formula`` is the function, not a module
+sys.modules[__name__ + ".density_formula"] = formula
 
 __version__ = "0.1.0"
 
@@ -25,6 +29,7 @@ __all__ = [
     "training",
     "data",
     "sampling",
+    "formula",
     "Estimate",
     "density_formula",
     "density_formula_discrete",

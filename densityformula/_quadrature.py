@@ -119,7 +119,8 @@ def _seeds(generator: torch.Generator, k: int) -> List[int]:
 def sobol_bits(n: int, d: int, *, generator: torch.Generator) -> Tensor:
     """``n`` points of a freshly scrambled (LMS + digital shift) Sobol sequence in ``d`` dims,
     as int64 integers ``k`` with the point ``k / 2^30`` (CPU)."""
-    engine = torch.quasirandom.SobolEngine(d, scramble=True, seed=_seeds(generator, 1)[0])
+    # torch's SobolEngine.__init__ has no annotations (its stubs are incomplete there)
+    engine = torch.quasirandom.SobolEngine(d, scramble=True, seed=_seeds(generator, 1)[0])  # type: ignore[no-untyped-call]
     return torch.round(engine.draw(n, dtype=torch.float64) * 2.0**30).long()
 
 
@@ -175,7 +176,8 @@ class _NoiseSource:
         self.generator, self.device = generator, device
         if self.sobol:
             self.engines = [
-                torch.quasirandom.SobolEngine(d, scramble=True, seed=seed) for seed in _seeds(generator, n_sets)
+                torch.quasirandom.SobolEngine(d, scramble=True, seed=seed)  # type: ignore[no-untyped-call]
+                for seed in _seeds(generator, n_sets)
             ]
             self.shift = torch.randint(0, 2**30, (n_sets, n, d), generator=generator, device=generator.device).cpu()
 

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Tuple
 
 import torch
+
+if TYPE_CHECKING:  # pandas is imported only when a frame is asked for
+    import pandas
 
 Tensor = torch.Tensor
 
@@ -60,7 +63,7 @@ class Estimate:
         se = float(torch.sqrt((self.stderr.double() ** 2).sum())) / n if n else math.nan
         return m, se
 
-    def to_frame(self):
+    def to_frame(self) -> pandas.DataFrame:
         """A ``pandas.DataFrame`` with columns ``value`` and ``stderr``; cost in ``.attrs``."""
         import pandas as pd
 

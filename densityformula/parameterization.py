@@ -8,7 +8,8 @@ With ``x_t = alpha x_0 + sigma eps``:
 
 ``alpha`` and ``sigma`` may be Python floats, 0-d tensors or ``(n,)`` tensors; they
 broadcast over the trailing dimensions of ``x_t`` (points ``(n, d)`` or images
-``(n, c, h, w)``).  Every other module converts through these functions.
+``(n, c, h, w)``).  Every other module converts through these functions; :func:`convert` is the
+one entry point from any kind to any other (it picks the route that stays accurate).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ __all__ = [
     "v_to_x0",
     "to_x0",
     "from_x0",
+    "convert",
 ]
 
 
@@ -80,9 +82,9 @@ def v_to_x0(x_t: Tensor, v: Tensor, alpha: Scale, sigma: Scale) -> Tensor:
     return (a * x_t - s * v) / (a * a + s * s)
 
 
-def _check_kind(kind: str) -> str:
+def _check_kind(kind: str, name: str = "kind") -> str:
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise ValueError(f"{name} must be one of {KINDS}, got {kind!r}")
     return kind
 
 
@@ -108,3 +110,32 @@ def from_x0(kind: str, x0: Tensor, x_t: Tensor, alpha: Scale, sigma: Scale) -> T
     if kind == "score":
         return eps_to_score(x0_to_eps(x_t, x0, alpha, sigma), sigma)
     return x0_to_v(x_t, x0, alpha, sigma)
+
+
+def convert(source: str, target: str, out: Tensor, x_t: Tensor, alpha: Scale, sigma: Scale) -> Tensor:
+    """A prediction ``out`` of kind ``source`` as kind ``target`` (``"x0"``, ``"eps"``, ``"score"``, ``"v"``).
+
+    The one conversion of docs/math.md section 2 (``x_t = alpha x_0 + sigma eps``), routed so that
+    it stays accurate where a scale vanishes:
+
+    - ``source == target``: ``out`` itself;
+    - ``eps <-> score``: ``s = -eps / sigma`` and ``eps = -sigma s`` directly (I1), never through
+      ``x0 = (x_t - sigma eps) / alpha``, which is ``0 / 0``-prone where ``alpha -> 0``;
+    - ``eps -> v``: ``v = alpha eps - sigma x0`` with the given ``eps`` (only ``x0`` is derived);
+    - anything else through the denoiser: :func:`to_x0` then :func:`from_x0`.
+
+    Where the route divides by zero the result is inf, as the parameterization dictates (an
+    eps-prediction's ``x0`` at ``alpha = 0``, an x0-prediction's ``eps``/``score`` at ``sigma = 0``).
+    """
+    source = _check_kind(source, "source")
+    target = _check_kind(target, "target")
+    if source == target:
+        return out
+    if source == "eps" and target == "score":
+        return eps_to_score(out, sigma)
+    if source == "score" and target == "eps":
+        return score_to_eps(out, sigma)
+    x0 = to_x0(source, out, x_t, alpha, sigma)
+    if source == "eps" and target == "v":
+        return eps_x0_to_v(out, x0, alpha, sigma)
+    return from_x0(target, x0, x_t, alpha, sigma)

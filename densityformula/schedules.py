@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Tuple
+from typing import Tuple, Union
 
+import numpy.typing as npt
 import torch
 
 from ._validation import TimeLike, as_time, out_dtype
@@ -390,7 +391,7 @@ class Discrete(Schedule):
 
     variance_preserving = True
 
-    def __init__(self, betas) -> None:
+    def __init__(self, betas: Union[Tensor, npt.ArrayLike]) -> None:
         from ._validation import as_float_tensor
 
         b = as_float_tensor(betas, "betas").cpu()
@@ -418,13 +419,13 @@ class Discrete(Schedule):
     @property
     def log_snrs(self) -> Tensor:
         """``lambda_k = log(alpha_bar_k / (1 - alpha_bar_k))`` for ``k = 0..T`` (``+inf`` at ``k = 0``)."""
-        return self._log_ab - torch.log(-torch.expm1(self._log_ab))
+        return self._log_ab - torch.log(self.one_minus_alpha_bars)
 
     # -- constructors ---------------------------------------------------------------
     @classmethod
     def ddpm_linear(
         cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, scale_with_T: bool = True
-    ) -> "Discrete":
+    ) -> Discrete:
         """Ho et al.'s linear schedule; betas are scaled by ``1000 / T`` when ``scale_with_T``.
 
         The scaling keeps ``sum beta`` (hence the continuous-time limit) the same for every ``T``.
@@ -440,7 +441,7 @@ class Discrete(Schedule):
         return cls(torch.linspace(scale * beta_start, scale * beta_end, T, dtype=torch.float64))
 
     @classmethod
-    def ddpm_cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "Discrete":
+    def ddpm_cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Discrete:
         """Nichol & Dhariwal's cosine schedule, ``beta_k = min(1 - abar_k/abar_{k-1}, max_beta)``."""
         if not isinstance(T, int) or isinstance(T, bool) or T < 1:
             raise ValueError(f"T must be a positive int, got {T!r}")
@@ -466,8 +467,8 @@ class Discrete(Schedule):
 
     @property
     def tau(self) -> Tensor:
-        """LiYan time of each step, ``tau_k = 1 - alpha_bar_k``, shape ``(T+1,)``."""
-        return -torch.expm1(self._log_ab)
+        """LiYan time of each step, ``tau_k = 1 - alpha_bar_k``, shape ``(T+1,)`` (:attr:`one_minus_alpha_bars`)."""
+        return self.one_minus_alpha_bars
 
     # -- continuous interpolation -------------------------------------------------------
     def _interp(self, t: Tensor) -> Tuple[Tensor, Tensor]:

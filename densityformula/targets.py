@@ -15,9 +15,11 @@ processed in chunks that bound memory.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Literal, Optional, Tuple, Union, overload
 
+import numpy.typing as npt
 import torch
+from torch.types import Device
 
 from ._validation import (
     TimeLike,
@@ -31,6 +33,8 @@ from ._validation import (
 from .schedules import Schedule
 
 Tensor = torch.Tensor
+#: numbers for a parameter: a tensor or anything numpy reads as an array
+ArrayLike = Union[Tensor, npt.ArrayLike]
 
 __all__ = ["GaussianMixture", "Gaussian", "random_gmm"]
 
@@ -54,12 +58,12 @@ class GaussianMixture:
 
     def __init__(
         self,
-        weights: Any,
-        means: Any,
-        covs: Any,
+        weights: ArrayLike,
+        means: ArrayLike,
+        covs: ArrayLike,
         *,
         dtype: torch.dtype = torch.float64,
-        device: Any = None,
+        device: Device = None,
     ) -> None:
         check_float_dtype(dtype)
         dev = resolve_device(device) if device is not None else None
@@ -109,7 +113,7 @@ class GaussianMixture:
         eigvecs: Optional[Tensor],
         cov_type: str,
         dtype: torch.dtype,
-    ) -> "GaussianMixture":
+    ) -> GaussianMixture:
         obj = cls.__new__(cls)
         GaussianMixture._set(obj, log_w, means, eigvals, eigvecs, cov_type, dtype)
         return obj
@@ -173,7 +177,7 @@ class GaussianMixture:
         second = torch.einsum("k,kij->ij", w, self.covs) + torch.einsum("k,ki,kj->ij", w, self._means, self._means)
         return second - torch.outer(m, m)
 
-    def to(self, device: Any = None, dtype: Optional[torch.dtype] = None) -> "GaussianMixture":
+    def to(self, device: Device = None, dtype: Optional[torch.dtype] = None) -> GaussianMixture:
         """A copy on ``device`` in ``dtype`` (either may be omitted)."""
         dtype = check_float_dtype(dtype) if dtype is not None else self._dtype
         dev = resolve_device(device) if device is not None else self.device
@@ -252,7 +256,7 @@ class GaussianMixture:
         return torch.einsum("kij,nkj->ni", self._U, v)
 
     def _eval(
-        self, x: Any, t: Optional[TimeLike], schedule: Optional[Schedule], want: Tuple[str, ...]
+        self, x: Tensor, t: Optional[TimeLike], schedule: Optional[Schedule], want: Tuple[str, ...]
     ) -> Dict[str, Tensor]:
         x = check_points(x, self.d, self._dtype, self.device)
         n = x.shape[0]
@@ -305,7 +309,7 @@ class GaussianMixture:
         """``div s = sum_k r_k(-tr C_k^{-1} + ||g_k||^2) - ||s||^2`` (I4), ``(n,)``."""
         return self._eval(x, t, schedule, ("div",))["div"]
 
-    def marginal(self, schedule: Schedule, t: TimeLike) -> "GaussianMixture":
+    def marginal(self, schedule: Schedule, t: TimeLike) -> GaussianMixture:
         """The mixture law of ``X_t`` (I2) at one time ``t``."""
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a densityformula Schedule, got {type(schedule).__name__}")
@@ -319,9 +323,29 @@ class GaussianMixture:
             raise ValueError("the marginal at this t is degenerate (zero variance)")
         return GaussianMixture._from_parts(self._log_w, a * self._means, e, self._U, self._cov_type, self._dtype)
 
+    @overload
+    def sample(
+        self, n: int, generator: Optional[torch.Generator] = None, return_labels: Literal[False] = False
+    ) -> Tensor: ...
+
+    @overload
+    def sample(
+        self, n: int, generator: Optional[torch.Generator] = None, *, return_labels: Literal[True]
+    ) -> Tuple[Tensor, Tensor]: ...
+
+    @overload
+    def sample(
+        self, n: int, generator: Optional[torch.Generator], return_labels: Literal[True]
+    ) -> Tuple[Tensor, Tensor]: ...
+
+    @overload
     def sample(
         self, n: int, generator: Optional[torch.Generator] = None, return_labels: bool = False
-    ) -> Any:
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]: ...
+
+    def sample(
+        self, n: int, generator: Optional[torch.Generator] = None, return_labels: bool = False
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """``n`` exact draws (and their component labels if ``return_labels``)."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"n must be a non-negative int, got {n!r}")
@@ -342,7 +366,7 @@ class GaussianMixture:
                     x[idx] = self._means[k] + z[idx] @ self._U[k].T
         return (x, labels) if return_labels else x
 
-    def condition(self, mask: Any, values: Any) -> "GaussianMixture":
+    def condition(self, mask: ArrayLike, values: ArrayLike) -> GaussianMixture:
         """The exact conditional mixture of the unknown coordinates given the known ones.
 
         ``mask``: bool ``(d,)``, True where the coordinate is known; ``values``: ``(d_known,)``
@@ -425,7 +449,9 @@ class Gaussian(GaussianMixture):
     ``cov``: ``(d, d)``, ``(d,)`` diagonal, or a positive scalar (isotropic).
     """
 
-    def __init__(self, mean: Any, cov: Any, *, dtype: torch.dtype = torch.float64, device: Any = None) -> None:
+    def __init__(
+        self, mean: ArrayLike, cov: ArrayLike, *, dtype: torch.dtype = torch.float64, device: Device = None
+    ) -> None:
         device = resolve_device(device) if device is not None else None
         mu = as_float_tensor(mean, "mean", dtype=torch.float64, device=device)
         if mu.ndim != 1 or mu.numel() == 0:
@@ -458,7 +484,7 @@ def random_gmm(
     condition_number: float = 10.0,
     *,
     dtype: torch.dtype = torch.float64,
-    device: Any = None,
+    device: Device = None,
 ) -> GaussianMixture:
     """A reproducible random mixture for tests and experiments.
 

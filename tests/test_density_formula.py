@@ -19,7 +19,7 @@ from scipy import integrate
 from scipy.special import expit
 
 from densityformula import _quadrature as Q
-from densityformula.density_formula import FORMS, density_formula, density_formula_discrete
+from densityformula.formula import FORMS, density_formula, density_formula_discrete
 from densityformula.models import AnalyticModel, DiffusionModel
 from densityformula.schedules import VE, Discrete, LiYan, SubVP, VPCosine, VPLinear
 from densityformula.targets import GaussianMixture, random_gmm
@@ -151,7 +151,10 @@ def test_weighted_noise_sum_is_unbiased_on_a_toy(noise, antithetic):
     a = torch.tensor([0.5, -1.0, 2.0], dtype=F64)
     w = torch.tensor([1.0, 0.25, 0.5], dtype=F64)
     truth = (w[:, None] * (a[:, None] * x[None] + d)).sum(0)
-    f = lambda j, i, z: a[j] * x[i] + (z * z).sum(-1) + z[:, 0]
+
+    def f(j, i, z):
+        return a[j] * x[i] + (z * z).sum(-1) + z[:, 0]
+
     res = Q.weighted_noise_sum(
         f, n, (d,), w, pairs_per_replicate=48, n_replicates=16, pilot_pairs=8, noise=noise,
         antithetic=antithetic, generator=torch.Generator().manual_seed(2), device=torch.device("cpu"),
@@ -191,12 +194,16 @@ def test_truncation_bound_covers_the_exact_tail_error(schedule):
     est = density_formula(AnalyticModel(g, schedule), x, **CHEAP)
     lo, hi = est.extras["lambda_range"]
     for i in range(x.shape[0]):
-        fi = lambda u: float(_gaussian_integrand(torch.tensor([u], dtype=F64), x[i : i + 1], mean, cov))
+        xi = x[i : i + 1]
+
+        def fi(u, xi=xi):
+            return float(_gaussian_integrand(torch.tensor([u], dtype=F64), xi, mean, cov))
+
         exact = 0.5 * integrate.quad(fi, -np.inf, lo, epsabs=1e-13)[0]
         exact += 0.5 * integrate.quad(fi, hi, np.inf, epsabs=1e-13)[0] if hi < 24 else 0.0
         lam_t = torch.tensor([lo, hi], dtype=F64)
         tn, tw = Q.tail_nodes(lo, hi)
-        approx = 0.5 * float((torch.tensor(tw, dtype=F64) * _gaussian_integrand(lam_t, x[i : i + 1], mean, cov)[:, 0]).sum())
+        approx = 0.5 * float((torch.tensor(tw, dtype=F64) * _gaussian_integrand(lam_t, xi, mean, cov)[:, 0]).sum())
         # the extrapolated tail is accurate to a small fraction of itself ...
         assert abs(approx - exact) <= 0.05 * abs(exact) + 1e-12
         # ... and the bound reported from the Monte Carlo estimate covers the whole tail
@@ -306,7 +313,8 @@ def test_reproducible_and_generator_equals_seed():
     assert torch.allclose(a.value, f.value, atol=1e-12)
     for form in ("eps", "hyvarinen"):
         r = density_formula_discrete(model, x, schedule=Discrete.ddpm_linear(50), form=form, seed=3, n_replicates=4)
-        assert torch.equal(r.value, density_formula_discrete(model, x, schedule=Discrete.ddpm_linear(50), form=form, seed=3, n_replicates=4).value)
+        again = density_formula_discrete(model, x, schedule=Discrete.ddpm_linear(50), form=form, seed=3, n_replicates=4)
+        assert torch.equal(r.value, again.value)
 
 
 def test_budget_is_respected():
@@ -369,7 +377,8 @@ def test_discrete_formula_weights_and_one_over_T_on_a_gaussian():
     for T in (50, 200, 1000):
         est = density_formula_discrete(model, x, schedule=Discrete.ddpm_linear(T), n_noise=1, n_replicates=2, n_pilot=0)
         lam, w = est.extras["nodes"].to(F64), est.extras["weights"]
-        exact = -1.5 * math.log(2 * math.pi * math.e) + (w[:, None] * _gaussian_integrand(lam, x, g.means[0], g.covs[0])).sum(0)
+        integrand = _gaussian_integrand(lam, x, g.means[0], g.covs[0])
+        exact = -1.5 * math.log(2 * math.pi * math.e) + (w[:, None] * integrand).sum(0)
         errs[T] = exact - truth
         if T == 200:
             mc = density_formula_discrete(model, x, schedule=Discrete.ddpm_linear(T), n_noise=8, seed=1)
@@ -447,7 +456,10 @@ def test_perturbed_score_moves_the_value_as_i8_predicts():
         return eps * a2 * s2 / (a2 * ei + s2)
 
     k = torch.tensor([integrate.quad(k_integrand, -40, 40, args=(ei,), limit=200)[0] for ei in e.tolist()], dtype=F64)
-    closed = lambda pts: -0.5 * eps**2 * float(v @ v) + ((pts - mean) @ U * k) @ (U.T @ v)
+
+    def closed(pts):
+        return -0.5 * eps**2 * float(v @ v) + ((pts - mean) @ U * k) @ (U.T @ v)
+
     assert torch.allclose(closed(x), predicted, atol=1e-6)
     # averaged over x ~ q the cross term vanishes: the mean shift is -eps^2 ||v||^2 / 2 (I8)
     pointwise = closed(_points(g, 4000, 8))

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from densityformula.density_formula import density_formula, density_formula_discrete
+from densityformula.formula import density_formula, density_formula_discrete
 from densityformula.models import AnalyticModel
 from densityformula.schedules import Discrete, LiYan, VPLinear
 from densityformula.targets import GaussianMixture, random_gmm

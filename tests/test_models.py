@@ -7,6 +7,8 @@ test_targets.py), numpy closed forms of eps / v, and the posterior-covariance id
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,16 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from densityformula import schedules as S
-from densityformula.models import AnalyticModel, DiffusionModel
+from densityformula.models import (
+    WHOLE_LINE,
+    AnalyticModel,
+    Denoiser,
+    DiffusionModel,
+    ExactDivergence,
+    ModelProtocol,
+    check_model,
+    log_snr_interval,
+)
 from densityformula.targets import GaussianMixture, random_gmm
 
 F64 = torch.float64
@@ -54,7 +65,8 @@ def test_derived_outputs_follow_tweedie(sch):
         tol = 1e-10 * (1 + np.abs(score).max())
         np.testing.assert_allclose(model.score(x, t).numpy(), score, rtol=0, atol=tol * 1e2 / s.min() ** 2)
         np.testing.assert_allclose(model.eps(x, t).numpy(), (xn - a * D) / s, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(model.eps(x, t).numpy(), -s * score, rtol=0, atol=1e-9 * (1 + np.abs(s * score).max()) / s.min())
+        atol = 1e-9 * (1 + np.abs(s * score).max()) / s.min()
+        np.testing.assert_allclose(model.eps(x, t).numpy(), -s * score, rtol=0, atol=atol)
         np.testing.assert_allclose(model.v(x, t).numpy(), a * (xn - a * D) / s - s * D, rtol=1e-12, atol=1e-12)
 
 
@@ -77,6 +89,13 @@ def test_analytic_model_matches_target_and_interface(sch):
     assert exact.dtype == F64 and exact.device.type == "cpu" and "AnalyticModel" in repr(exact)
     assert callable(getattr(exact, "score_divergence", None))
     assert getattr(generic, "score_divergence", None) is None
+    # the optional capability is typed (DiffusionModel docstring): a flag and a Protocol
+    assert exact.has_exact_divergence and isinstance(exact, ExactDivergence)
+    assert not generic.has_exact_divergence and not isinstance(generic, ExactDivergence)
+    D, div = exact.denoise_and_score_divergence(x, t)
+    assert torch.equal(D, gmm.denoise(x, t, sch)) and torch.equal(div, gmm.score_divergence(x, t, sch))
+    with pytest.raises(NotImplementedError, match="score_divergence"):
+        generic.denoise_and_score_divergence(x, t)
 
 
 def test_analytic_eps_and_v_finite_at_sigma_zero():
@@ -110,7 +129,10 @@ def test_denoiser_jacobian_is_posterior_covariance():
     model = AnalyticModel(gmm, sch)
     x = torch.tensor(rng.normal(size=(4, d)), dtype=F64)
     # (the targets' input validation is data-dependent, so torch.func.vmap cannot batch this; loop over 4 points)
-    jac = np.stack([torch.autograd.functional.jacobian(lambda z: model.denoise(z[None], t)[0], x[i]).numpy() for i in range(4)])
+    def denoise_one(z):
+        return model.denoise(z[None], t)[0]
+
+    jac = np.stack([torch.autograd.functional.jacobian(denoise_one, x[i]).numpy() for i in range(4)])
     C = a * a * Sg + s * s * np.eye(d)
     for i in range(4):
         xi = x[i].numpy()
@@ -156,3 +178,71 @@ def test_bad_input():
             getattr(am, meth)(x, -0.5)
         with pytest.raises(TypeError, match=r"\bx\b"):
             getattr(am, meth)(x.float(), 0.5)
+
+
+class WithDivergence(DenoiserOnly):
+    """A user model that adds ``score_divergence``: it gains the capability and the default joint call."""
+
+    def score_divergence(self, x_t, t):
+        return self.target.score_divergence(x_t, t, self.schedule)
+
+
+def test_exact_divergence_capability_of_a_user_model():
+    gmm = random_gmm(2, 2, seed=4)
+    m = WithDivergence(gmm, S.VPCosine())
+    x = points(gmm, 5)
+    assert m.has_exact_divergence and isinstance(m, ExactDivergence)
+    D, div = m.denoise_and_score_divergence(x, 0.3)
+    assert torch.equal(D, m.denoise(x, 0.3)) and torch.equal(div, m.score_divergence(x, 0.3))
+
+
+def test_model_protocol_and_contract():
+    """Every model satisfies the typed contract (schedule, denoise, valid_log_snr; docs/math.md I24)."""
+    from densityformula.models import AffineDenoiser, MLPDenoiser
+
+    gmm = random_gmm(2, 2, seed=0)
+    models = [
+        AnalyticModel(gmm, S.LiYan()),
+        DenoiserOnly(gmm, S.VPLinear()),
+        MLPDenoiser(2, S.VPCosine(), width=8, depth=1),
+        AffineDenoiser(2, S.Discrete.ddpm_linear(50)),
+    ]
+    assert ModelProtocol is Denoiser
+    for m in models:
+        assert isinstance(m, Denoiser) and check_model(m) is m
+    assert not isinstance(object(), Denoiser)
+    assert models[0].valid_log_snr == WHOLE_LINE == (-math.inf, math.inf)
+    # the default interval: the schedule's finite range, cut to the model's valid range
+    assert log_snr_interval(models[0]) == S.LiYan().finite_log_snr_range
+    net = models[2]
+    net.valid_log_snr = (-5.0, 7.0)
+    assert log_snr_interval(net) == (-5.0, 7.0)
+    net.valid_log_snr = (30.0, 40.0)
+    with pytest.raises(ValueError, match="valid log-SNR"):
+        log_snr_interval(net)
+    with pytest.raises(TypeError, match="mdl"):
+        check_model(gmm, "mdl")
+
+
+def test_models_package_has_no_cycle_and_old_paths_work():
+    """``densityformula.models`` is a package importing no ``densityformula.neural``; the old module is a shim."""
+    import pathlib
+    import subprocess
+    import sys
+
+    import densityformula
+    import densityformula.models as M
+    import densityformula.neural as N
+
+    for name in N.__all__:
+        assert getattr(N, name) is getattr(M, name)
+    pkg = pathlib.Path(M.__file__).parent
+    assert pkg.name == "models" and (pkg / "_base.py").is_file()
+    for f in pkg.glob("*.py"):
+        text = f.read_text()
+        assert "from ..neural" not in text and "import densityformula.neural" not in text, f.name
+    # a fresh interpreter can import the leaf modules first, in any order
+    root = pathlib.Path(densityformula.__file__).parent.parent
+    for first in ("densityformula.models.neural", "densityformula.neural", "densityformula.models.affine"):
+        code = f"import {first}; from densityformula.models import MLPDenoiser, AffineDenoiser, AnalyticModel"
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -150,7 +150,10 @@ def test_log_snr_embedding_is_finite_at_infinite_log_snr():
 
 
 def test_mlp_works_on_every_schedule_and_the_ve_input_is_rescaled():
-    for sch in (schedules.LiYan(), schedules.VPCosine(), schedules.SubVP(), schedules.VE(), schedules.Discrete.ddpm_cosine(100)):
+    all_schedules = (
+        schedules.LiYan(), schedules.VPCosine(), schedules.SubVP(), schedules.VE(), schedules.Discrete.ddpm_cosine(100)
+    )
+    for sch in all_schedules:
         m = MLPDenoiser(2, sch, width=8, depth=2, zero_init_output=False)
         x = torch.randn(5, 2, generator=_gen(2)) * float(sch.sigma(sch.t_max)) + 0.1
         t = torch.linspace(sch.t_min + 0.1, sch.t_max, 5, dtype=F64)
@@ -194,7 +197,9 @@ def test_mlp_bad_call_arguments():
 
 
 def test_conditional_labels_matter_and_given_binds_them():
-    c = ConditionalMLPDenoiser(2, schedules.LiYan(), num_classes=3, width=16, depth=2, zero_init_output=False, dtype=F64)
+    c = ConditionalMLPDenoiser(
+        2, schedules.LiYan(), num_classes=3, width=16, depth=2, zero_init_output=False, dtype=F64
+    )
     x, t = _batch(n=4, d=2)
     d0, d1 = c.denoise(x, t, y=0), c.denoise(x, t, y=torch.tensor([1, 1, 1, 1]))
     assert not torch.allclose(d0, d1)

@@ -65,6 +65,8 @@ def test_conversions_recover_known_truth(seed, shape, kind, vp):
         out = P.from_x0(k, x0, xt, A, Sg)
         close(out, truth[k])
         close(P.to_x0(k, out, xt, A, Sg), x0)
+        for k2 in P.KINDS:  # the one entry point, any kind to any kind
+            close(P.convert(k, k2, truth[k], xt, A, Sg), truth[k2])
     assert P.x0_to_eps(xt, x0, A, Sg).shape == shape
 
 
@@ -82,3 +84,22 @@ def test_bad_kind_named():
         P.to_x0("epsilon", x, x, 1.0, 1.0)
     with pytest.raises(ValueError, match="kind"):
         P.from_x0("noise", x, x, 1.0, 1.0)
+    with pytest.raises(ValueError, match="source"):
+        P.convert("noise", "x0", x, x, 1.0, 1.0)
+    with pytest.raises(ValueError, match="target"):
+        P.convert("x0", "noise", x, x, 1.0, 1.0)
+
+
+def test_convert_routes_eps_and_score_directly():
+    """``eps <-> score`` never pass through ``x0`` (I1): exact where ``alpha = 0``; identity is ``out`` itself."""
+    g = torch.Generator().manual_seed(1)
+    xt, eps = torch.randn(3, 2, generator=g, dtype=F64), torch.randn(3, 2, generator=g, dtype=F64)
+    a, s = torch.tensor([0.0, 0.0, 0.5], dtype=F64), torch.tensor([1.0, 2.0, 0.8], dtype=F64)
+    score = P.convert("eps", "score", eps, xt, a, s)
+    assert torch.equal(score, -eps / s[:, None])
+    assert torch.equal(P.convert("score", "eps", score, xt, a, s), P.score_to_eps(score, s))
+    for k in P.KINDS:
+        assert P.convert(k, k, eps, xt, a, s) is eps
+    # v from an eps prediction uses that eps: alpha eps - sigma x0 (x0 derived once)
+    v = P.convert("eps", "v", eps, xt, 0.6, 0.8)
+    torch.testing.assert_close(v, 0.6 * eps - 0.8 * P.eps_to_x0(xt, eps, 0.6, 0.8), rtol=0, atol=0)

@@ -439,7 +439,9 @@ def test_discrete_interpolation_is_log_linear():
     sch = S.Discrete(torch.tensor([0.1, 0.3, 0.05], dtype=torch.float64))
     t = torch.tensor([0.25, 1.5, 2.75], dtype=torch.float64)
     la = torch.log(sch.alpha_bars)
-    expect = torch.stack([la[0] + 0.25 * (la[1] - la[0]), la[1] + 0.5 * (la[2] - la[1]), la[2] + 0.75 * (la[3] - la[2])])
+    expect = torch.stack(
+        [la[0] + 0.25 * (la[1] - la[0]), la[1] + 0.5 * (la[2] - la[1]), la[2] + 0.75 * (la[3] - la[2])]
+    )
     np.testing.assert_allclose(torch.log(sch.alpha2(t)).numpy(), expect.numpy(), rtol=1e-14)
     # piecewise-constant beta(t) = -log(1 - beta_k) on (k-1, k]
     np.testing.assert_allclose(sch.g2(t).numpy(), -np.log1p(-np.array([0.1, 0.3, 0.05])), rtol=1e-14)

@@ -1,4 +1,8 @@
-"""The score-based density formula (Li & Yan 2024, Theorem 1) as a fast, calibrated estimator.
+"""Li & Yan's score-based density formula (Li & Yan 2024, Theorem 1; docs/math.md I5-I7) as an estimator.
+
+(The module used to be named ``density_formula``, like the function it shadowed; under its
+old dotted name it is still importable, while the attribute ``densityformula.density_formula``
+is the estimator below.)
 
 Continuous time, written once in log-SNR so that it holds for every schedule (docs/math.md I5/I6)::
 
@@ -18,6 +22,12 @@ Integrand forms (all exact in expectation for ANY model, by algebra or Stein's l
 
 Here ``alpha, sigma`` are the MODEL's own scales at the time ``t(lambda)`` of its schedule, so
 ``eps_hat`` and ``sigma s`` are scale-free and VE or sub-VP models work unchanged.
+
+Validity range (docs/math.md I24): the model is evaluated only inside ``model.valid_log_snr``
+(the whole line for an analytic model, the trained range for a network).  Beyond it the
+integrand is treated exactly as beyond the schedule's range: the tail nodes at the ends of the
+evaluated interval carry the exact asymptotic law ``B sigmoid(lambda)`` / ``A sigmoid(-lambda)``.
+``extras["log_snr_interval"]`` reports where the model was evaluated.
 
 See :mod:`densityformula._quadrature` for the estimator: sinh-mapped Gauss-Legendre in
 log-SNR, tail nodes for the exact asymptotic ``e^{-|lambda|}`` behaviour beyond the truncation
@@ -42,12 +52,13 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from . import _quadrature as Q
 from .estimate import Estimate
+from .models import DiffusionModel, ExactDivergence, check_model
 from .schedules import Discrete, Schedule
 
 Tensor = torch.Tensor
@@ -61,7 +72,7 @@ _LOG_2PI_E = math.log(2.0 * math.pi) + 1.0
 # ---------------------------------------------------------------------------------------------
 # argument checking
 # ---------------------------------------------------------------------------------------------
-def _check_int(value: Any, name: str, minimum: int) -> int:
+def _check_int(value: object, name: str, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
@@ -69,16 +80,33 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return value
 
 
-def _check_model(model: Any) -> Schedule:
-    if not callable(getattr(model, "denoise", None)):
-        raise TypeError(f"model must have a denoise(x_t, t) method (a DiffusionModel), got {type(model).__name__}")
-    schedule = getattr(model, "schedule", None)
-    if not isinstance(schedule, Schedule):
+def _check_model(model: object) -> Tuple[DiffusionModel, Schedule]:
+    m = check_model(model)
+    if not isinstance(m.schedule, Schedule):
         raise TypeError("model.schedule must be a densityformula Schedule")
-    return schedule
+    return m, m.schedule
 
 
-def _check_x(x: Any) -> Tensor:
+def _valid_range(model: DiffusionModel) -> Tuple[float, float]:
+    """``model.valid_log_snr`` as two floats with ``lo < hi`` (I24), else ``ValueError``."""
+    try:
+        v_lo, v_hi = (float(v) for v in model.valid_log_snr)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"model.valid_log_snr must be a pair of floats, got {model.valid_log_snr!r}") from exc
+    if math.isnan(v_lo) or math.isnan(v_hi) or not v_lo < v_hi:
+        raise ValueError(f"model.valid_log_snr must be (lo, hi) with lo < hi, got {(v_lo, v_hi)}")
+    return v_lo, v_hi
+
+
+def _inside(lo: float, hi: float) -> Tuple[float, float]:
+    """``[lo, hi]`` pulled in by a relative 1e-9 at its finite ends (strictly inside, after rounding)."""
+    return (
+        lo + 1e-9 * max(1.0, abs(lo)) if math.isfinite(lo) else lo,
+        hi - 1e-9 * max(1.0, abs(hi)) if math.isfinite(hi) else hi,
+    )
+
+
+def _check_x(x: object) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (n, d) or (n, ...), got {type(x).__name__}")
     if not x.dtype.is_floating_point:
@@ -116,7 +144,7 @@ def _chunk_rows(chunk_size: Optional[int], memory_budget: int, d: int) -> int:
 # the integrand
 # ---------------------------------------------------------------------------------------------
 def _make_integrand(
-    model: Any,
+    model: DiffusionModel,
     x: Tensor,
     lam: Tensor,
     form: str,
@@ -130,7 +158,7 @@ def _make_integrand(
     Returns ``(f, lam_eff, evals_per_row, divergence_used)``; ``lam_eff`` is the log-SNR the model's schedule
     actually realises at ``t(lambda)`` (equal to ``lam`` up to rounding, inside its range).
     """
-    schedule: Schedule = model.schedule
+    schedule = model.schedule
     device = x.device
     lam64 = lam.to(dtype=torch.float64, device=device)
     t = schedule.t_from_log_snr(lam64)  # float64; clamped into [t_min, t_max] by the schedule
@@ -145,18 +173,20 @@ def _make_integrand(
     d = x[0].numel()
     dims = tuple(range(1, x.ndim))
     xdt = x.dtype
-    has_div = callable(getattr(model, "score_divergence", None))
+    # the optional exact divergence (I4): typed capability, see DiffusionModel
+    exact: Optional[ExactDivergence] = model if isinstance(model, ExactDivergence) else None
+    div_used: Optional[str] = None
     if form == "hyvarinen":
-        if divergence == "auto":
-            divergence = "exact" if has_div else "hutchinson"
-        if divergence == "exact" and not has_div:
+        div_used = divergence
+        if div_used == "auto":
+            div_used = "exact" if exact is not None else "hutchinson"
+        if div_used == "exact" and exact is None:
             raise ValueError("divergence='exact' needs model.score_divergence; use 'hutchinson'")
-        if divergence not in ("exact", "hutchinson"):
+        if div_used not in ("exact", "hutchinson"):
             raise ValueError(f"divergence must be 'auto', 'exact' or 'hutchinson', got {divergence!r}")
-        evals = 2 if divergence == "exact" else 1 + n_probes
+        evals = 2 if div_used == "exact" else 1 + n_probes
     else:
         evals = 1
-        divergence = None
 
     def rows(v: Tensor, idx: Tensor) -> Tensor:
         return v[idx].reshape((-1,) + (1,) * (x.ndim - 1))
@@ -181,9 +211,9 @@ def _make_integrand(
             s = model.score(x_t, tt).double()
             return base - ((z + st * s) ** 2).sum(dims)
         # Hyvarinen form: -(sigma_vp^2 d + sigma_t^2 (||s||^2 + 2 div s))
-        if divergence == "exact":
+        if exact is not None and div_used == "exact":
             s = model.score(x_t, tt).double()
-            div = model.score_divergence(x_t, tt).double()
+            div = exact.score_divergence(x_t, tt).double()
         else:
             with torch.enable_grad():
                 xg = x_t.detach().requires_grad_(True)
@@ -201,7 +231,7 @@ def _make_integrand(
         s2 = s_t[node_idx] ** 2
         return -(s2_vp[node_idx] * d + s2 * ((s * s).sum(dims) + 2.0 * div))
 
-    return f, lam_eff, evals, divergence
+    return f, lam_eff, evals, div_used
 
 
 def _resolve_antithetic(antithetic: Optional[bool], noise: str) -> bool:
@@ -269,13 +299,14 @@ def _tail_decay_ratios(lam: Tensor, node_means: Tensor, lo: float, hi: float) ->
             torch.tensor(sign * float(inner[a]), dtype=torch.float64)
         )
         f_in, f_end = node_means[:, a], node_means[:, col]
-        ratio = torch.where(f_in != 0, f_end / torch.where(f_in != 0, f_in, torch.ones_like(f_in)), torch.zeros_like(f_in))
+        safe = torch.where(f_in != 0, f_in, torch.ones_like(f_in))
+        ratio = torch.where(f_in != 0, f_end / safe, torch.zeros_like(f_in))
         out.append(ratio / expected.to(ratio.device))
     return out[0], out[1]
 
 
 def density_formula(
-    model: Any,
+    model: DiffusionModel,
     x: Tensor,
     *,
     form: str = "eps",
@@ -311,7 +342,9 @@ def density_formula(
 
     Estimator: ``n_nodes`` Gauss-Legendre nodes in ``u`` with
     ``lambda = lambda_center + lambda_scale sinh(u)`` on ``lambda_range`` (default ``(-25, 25)``
-    for float64 ``x``, ``(-15, 15)`` for lower precision, clipped to what the schedule reaches);
+    for float64 ``x``, ``(-15, 15)`` for lower precision, clipped to what the schedule reaches
+    and to the model's ``valid_log_snr`` (I24), so that a network is never evaluated outside the
+    range it was trained on; ``extras["log_snr_interval"]`` is the interval actually used);
     beyond it the asymptotic tails ``B sigmoid(lambda)`` / ``A sigmoid(-lambda)`` are integrated
     exactly from one node at each end and added to the value (``tails=True``; with ``False`` they
     are estimated but left out) and their size is reported in ``extras["truncation_bound"]`` as
@@ -329,8 +362,9 @@ def density_formula(
     differentiable with respect to model parameters.
 
     Args:
-        model: anything with ``schedule`` and ``denoise(x_t, t)`` (and ``eps``/``score`` for those
-            forms; ``score_divergence`` is used by the Hyvarinen form when present).
+        model: a :class:`~densityformula.models.DiffusionModel` (``eps``/``score`` are used by those
+            forms; the Hyvarinen form uses ``score_divergence`` when the model has one, i.e.
+            ``model.has_exact_divergence``).
         x: points ``(n, d)`` (or ``(n, ...)``, flattened inside), on the model's device.
         n_noise: average noise draws per node per replicate (default 32); or give ``budget``,
             the total model evaluations per point (pilot included).
@@ -343,11 +377,13 @@ def density_formula(
         :class:`Estimate` with ``value`` (nats), ``stderr``, ``nfe`` (model evaluations per
         point: one per denoiser call, two for score + exact divergence, ``1 + n_probes`` with
         Hutchinson), ``extras``: ``truncation_bound`` ``(n,)``, ``tail_lower``/``tail_upper``
-        ``(n,)`` (tail contributions included in ``value``), ``lambda_range``, ``nodes``,
-        ``weights``, ``node_means`` ``(n, J)``, ``allocation``, ``replicates`` ``(R, n)``, ``form``.
+        ``(n,)`` (tail contributions included in ``value``), ``lambda_range`` and
+        ``log_snr_interval`` (both the evaluated interval ``(lo, hi)``), ``t_min``/``t_max`` (the
+        model's times at ``hi``/``lo``), ``valid_log_snr``, ``nodes``, ``weights``, ``node_means``
+        ``(n, J)``, ``allocation``, ``replicates`` ``(R, n)``, ``form``.
     """
     t0 = time.perf_counter()
-    schedule = _check_model(model)
+    model, schedule = _check_model(model)
     x = _check_x(x)
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
@@ -383,6 +419,15 @@ def density_formula(
     hi = min(hi, s_hi - 1e-9 * max(1.0, abs(s_hi)) if math.isfinite(s_hi) else hi)
     if not lo < hi:
         raise ValueError(f"lambda_range {lambda_range} does not overlap the schedule's log-SNR range {(s_lo, s_hi)}")
+    # where the model is valid (I24), pulled in the same way: beyond it the tail nodes take over
+    v_lo, v_hi = _valid_range(model)
+    in_lo, in_hi = _inside(v_lo, v_hi)
+    lo, hi = max(lo, in_lo), min(hi, in_hi)
+    if not lo < hi:
+        raise ValueError(
+            f"lambda_range {lambda_range} within the schedule's log-SNR range {(s_lo, s_hi)} does not overlap "
+            f"the model's valid_log_snr {(v_lo, v_hi)}"
+        )
 
     lam, w = Q.sinh_gauss_legendre(n_nodes, lo, hi, float(lambda_center), float(lambda_scale))
     # the two tail nodes are always evaluated (lower then upper end, both finite here): with
@@ -391,7 +436,9 @@ def density_formula(
     lam = torch.cat([lam, torch.tensor(tn, dtype=torch.float64)])
     w = torch.cat([w, torch.tensor(tw, dtype=torch.float64)])
     J = lam.numel()
-    f, lam_eff, evals, div_used = _make_integrand(model, x, lam, form, n_probes=n_probes, divergence=divergence, generator=gen)
+    f, lam_eff, evals, div_used = _make_integrand(
+        model, x, lam, form, n_probes=n_probes, divergence=divergence, generator=gen
+    )
     pairs = _pairs_per_replicate(n_noise, budget, J, n_replicates, pilot_pairs, k, evals)
     weights = 0.5 * w
     res = Q.weighted_noise_sum(
@@ -433,12 +480,16 @@ def density_formula(
             RuntimeWarning,
             stacklevel=2,
         )
-    extras = {
+    extras: Dict[str, Any] = {
         "truncation_bound": bound,
         "tail_decay_ratio": decay,
         "tail_lower": tail_lower,
         "tail_upper": tail_upper,
         "lambda_range": (lo, hi),
+        "log_snr_interval": (lo, hi),
+        "t_min": float(schedule.t_from_log_snr(hi)),
+        "t_max": float(schedule.t_from_log_snr(lo)),
+        "valid_log_snr": (v_lo, v_hi),
         "tails_included": bool(tails),
         "schedule_log_snr_range": (s_lo, s_hi),
         "form": form,
@@ -459,8 +510,39 @@ def density_formula(
     )
 
 
+def _valid_steps(
+    lam: Tensor, wk: Tensor, valid: Tuple[float, float]
+) -> Tuple[Tensor, Tensor, Tuple[int, int]]:
+    """Nodes and weights of the discrete sum with the steps outside ``valid`` (I24) folded into tails.
+
+    A step ``k`` with ``lambda_k`` above the (pulled-in) upper end ``h`` is replaced by the exact
+    asymptotic law ``f(lambda_k) = f(h) sigmoid(-lambda_k) / sigmoid(-h)`` (below the lower end
+    ``l``: ``f(l) sigmoid(lambda_k) / sigmoid(l)``), the law of :func:`~._quadrature.tail_nodes`:
+    one node at ``h`` (``l``) with the summed weight.  Returns ``(nodes, weights, (n_below,
+    n_above))``; with every step valid the inputs come back unchanged.
+    """
+    lo, hi = _inside(*valid)
+    below, above = lam < lo, lam > hi
+    n_below, n_above = int(below.sum()), int(above.sum())
+    if n_below == 0 and n_above == 0:
+        return lam, wk, (0, 0)
+    keep = ~(below | above)
+    nodes: List[Tensor] = [lam[keep]]
+    weights: List[Tensor] = [wk[keep]]
+    one = torch.ones(1, dtype=lam.dtype)
+    if n_below:
+        w_lo = (wk[below] * torch.sigmoid(lam[below])).sum() / torch.sigmoid(torch.tensor(lo, dtype=lam.dtype))
+        nodes.append(lo * one)
+        weights.append(w_lo.reshape(1))
+    if n_above:
+        w_hi = (wk[above] * torch.sigmoid(-lam[above])).sum() / torch.sigmoid(torch.tensor(-hi, dtype=lam.dtype))
+        nodes.append(hi * one)
+        weights.append(w_hi.reshape(1))
+    return torch.cat(nodes), torch.cat(weights), (n_below, n_above)
+
+
 def density_formula_discrete(
-    model: Any,
+    model: DiffusionModel,
     x: Tensor,
     *,
     schedule: Optional[Discrete] = None,
@@ -483,7 +565,8 @@ def density_formula_discrete(
 ) -> Estimate:
     """The density formula on a DDPM grid (docs/math.md I7), exact in its conditional expectations up to MC.
 
-    ``log q_0(x) ~ -(d/2) log(2 pi e) - sum_{k=1}^T [ (1-alpha_k)/(2 alpha_k) E||s_k + (X_k - sqrt(abar_k) x)/(1-abar_k)||^2
+    ``log q_0(x) ~ -(d/2) log(2 pi e)
+    - sum_{k=1}^T [ (1-alpha_k)/(2 alpha_k) E||s_k + (X_k - sqrt(abar_k) x)/(1-abar_k)||^2
     - (d/2)(abar_{k-1} - abar_k)/(1 - abar_k) ]``, which is
     ``-(d/2) log(2 pi e) + sum_k w_k (d abar_k - E||Z - eps_hat_k||^2)`` with
     ``w_k = beta_k / (2 alpha_k (1 - abar_k))`` (the same integrand as the continuous formula,
@@ -492,13 +575,18 @@ def density_formula_discrete(
     The model is evaluated at the time of ITS schedule whose log-SNR equals
     ``log(abar_k / (1 - abar_k))``; a model whose schedule is ``schedule`` itself is evaluated
     at the integer steps.  Steps the model's schedule cannot reach raise ``ValueError``.
+    Steps outside the model's ``valid_log_snr`` (I24) are not evaluated: as beyond the range of
+    :func:`density_formula`, their integrand follows the exact asymptotic law from the nearest
+    valid end, ``f(lambda_k) = f(lambda_hi) sigmoid(-lambda_k) / sigmoid(-lambda_hi)`` above and
+    ``f(lambda_lo) sigmoid(lambda_k) / sigmoid(lambda_lo)`` below, so one tail node at each end
+    carries their weights (``extras["extrapolated_steps"]``, ``extras["log_snr_interval"]``).
     The noise is estimated as in :func:`density_formula` (Sobol, antithetic, control variate,
     Neyman allocation across the ``T`` steps, replicates); ``n_noise`` is the average number of
     draws per step and replicate (default 2) or ``budget`` the total per point.
     Default ``schedule``: ``Discrete.ddpm_linear(T=1000)``.
     """
     t0 = time.perf_counter()
-    _check_model(model)
+    model, model_schedule = _check_model(model)
     x = _check_x(x)
     if schedule is None:
         schedule = Discrete.ddpm_linear(T=1000)
@@ -521,9 +609,8 @@ def density_formula_discrete(
     if 0 < pilot_pairs < 2:
         raise ValueError(f"n_pilot must give at least 2 draws (pairs) per node, got {n_pilot}")
     abar = schedule.alpha_bars  # (T+1,)
-    betas = schedule.betas
-    lam = torch.log(abar[1:]) - torch.log(-torch.expm1(torch.log(abar[1:])))  # log(abar/(1-abar)), k=1..T
-    m_lo, m_hi = model.schedule.log_snr_range
+    lam = schedule.log_snrs[1:]  # log(abar/(1-abar)), k=1..T
+    m_lo, m_hi = model_schedule.log_snr_range
     tol = 1e-9
     if bool((lam < m_lo - tol * max(1, abs(m_lo))).any()) or bool((lam > m_hi + tol * max(1, abs(m_hi))).any()):
         raise ValueError(
@@ -531,8 +618,11 @@ def density_formula_discrete(
             f"[{float(lam.min())}, {float(lam.max())}]"
         )
     lam = lam.clamp(m_lo, m_hi)
-    wk = betas / (2.0 * (1.0 - betas) * (-torch.expm1(torch.log(abar[1:]))))
-    f, lam_eff, evals, div_used = _make_integrand(model, x, lam, form, n_probes=n_probes, divergence=divergence, generator=gen)
+    wk = schedule.betas / (2.0 * schedule.alphas * schedule.one_minus_alpha_bars[1:])
+    lam, wk, extrapolated = _valid_steps(lam, wk, _valid_range(model))
+    f, lam_eff, evals, div_used = _make_integrand(
+        model, x, lam, form, n_probes=n_probes, divergence=divergence, generator=gen
+    )
     J = lam.numel()
     if n_noise is None and budget is None:
         n_noise = 2
@@ -545,11 +635,17 @@ def density_formula_discrete(
     )
     reps = -0.5 * d * _LOG_2PI_E + res.replicates
     value, se = _replicate_summary(reps)
-    extras = {
+    lam_used = lam_eff.detach().cpu()
+    lam_lo, lam_hi = float(lam_used.min()), float(lam_used.max())
+    extras: Dict[str, Any] = {
         "T": schedule.T,
+        "log_snr_interval": (lam_lo, lam_hi),
+        "t_min": float(model_schedule.t_from_log_snr(lam_hi)),
+        "t_max": float(model_schedule.t_from_log_snr(lam_lo)),
+        "extrapolated_steps": extrapolated,
         "form": form,
         "divergence": div_used,
-        "nodes": lam_eff.detach().cpu(),
+        "nodes": lam_used,
         "weights": wk,
         "node_means": res.node_means,
         "allocation": res.allocation,
