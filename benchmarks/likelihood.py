@@ -84,7 +84,7 @@ def pf_section(n: int, repeats: int) -> list:
             kw.update(trace="hutchinson", n_probes=1, generator=torch.Generator().manual_seed(1))
         best = None
         for _ in range(repeats):
-            est, sec, cpu = timed_cpu(lambda: probability_flow(m, x, **kw))
+            est, sec, cpu = timed_cpu(lambda m=m, kw=kw: probability_flow(m, x, **kw))
             if best is None or sec < best[1]:
                 best = (est, sec, cpu)
         est, sec, cpu = best
@@ -113,8 +113,8 @@ def hutchinson_section(n: int) -> list:
     rows.append(("exact (autograd, 64 rows)", sec, ag.nfe, float(err.mean()), float("nan")))
     print(rows[-1], flush=True)
     for p in (1, 4, 16, 64):
-        est, sec = timed(lambda: probability_flow(m, x, rtol=1e-5, atol=1e-5, prior=prior, trace="hutchinson",
-                                                  n_probes=p, generator=torch.Generator().manual_seed(p)))
+        est, sec = timed(lambda p=p: probability_flow(m, x, rtol=1e-5, atol=1e-5, prior=prior, trace="hutchinson",
+                                                      n_probes=p, generator=torch.Generator().manual_seed(p)))
         err = (est.value - exact).abs()
         se = float(est.stderr.mean()) if p > 1 else float("nan")
         rows.append((f"hutchinson, {p} Rademacher probe(s)", sec, est.nfe, float(err.mean()), se))
@@ -130,12 +130,19 @@ def elbo_section(n: int, quick: bool) -> list:
     mc = df.models.AnalyticModel(g, df.schedules.LiYan())
     exact = g.log_prob(x)
     rows = []
+    def g0() -> torch.Generator:
+        return torch.Generator().manual_seed(0)
+
+    few = x[: max(1, n // 10)]
     cases = [
-        ("elbo.ddpm, T=1000, all steps, n_samples=2", lambda: elbo.ddpm(m, x, n_samples=2, generator=torch.Generator().manual_seed(0))),
-        ("elbo.ddpm, T=1000, all steps, n_samples=2, cv_data_var=None", lambda: elbo.ddpm(m, x, n_samples=2, cv_data_var=None, generator=torch.Generator().manual_seed(0))),
-        ("elbo.ddpm, T=1000, 100 sampled steps (+ L_0)", lambda: elbo.ddpm(m, x, steps=100, n_samples=2, generator=torch.Generator().manual_seed(0))),
-        ("elbo.importance_weighted, T=1000, k=16 (n_replicates=4)", lambda: elbo.importance_weighted(m, x[: max(1, n // 10)], 16, n_replicates=4, generator=torch.Generator().manual_seed(0))),
-        ("elbo.continuous (density_formula defaults)", lambda: elbo.continuous(mc, x[: max(1, n // 10)], generator=torch.Generator().manual_seed(0))),
+        ("elbo.ddpm, T=1000, all steps, n_samples=2", lambda: elbo.ddpm(m, x, n_samples=2, generator=g0())),
+        ("elbo.ddpm, T=1000, all steps, n_samples=2, cv_data_var=None",
+         lambda: elbo.ddpm(m, x, n_samples=2, cv_data_var=None, generator=g0())),
+        ("elbo.ddpm, T=1000, 100 sampled steps (+ L_0)",
+         lambda: elbo.ddpm(m, x, steps=100, n_samples=2, generator=g0())),
+        ("elbo.importance_weighted, T=1000, k=16 (n_replicates=4)",
+         lambda: elbo.importance_weighted(m, few, 16, n_replicates=4, generator=g0())),
+        ("elbo.continuous (density_formula defaults)", lambda: elbo.continuous(mc, few, generator=g0())),
     ]
     for name, fn in cases:
         est, sec = timed(fn)
@@ -166,16 +173,20 @@ def main() -> None:
         "# Benchmark: likelihoods and ELBOs (issue 4)",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} torch threads",
-        f"- load average (1 min) before/after: {load0[0]:.1f} / {load1[0]:.1f} (other jobs share this machine; times are best of {repeats})",
+        f"- machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads",
+        f"- load average (1 min) before/after: {load0[0]:.1f} / {load1[0]:.1f} "
+        f"(other jobs share this machine; times are best of {repeats})",
         f"- command: `.venv/bin/python benchmarks/likelihood.py{' --quick' if args.quick else ''}"
         f"{f' --threads {args.threads}' if args.threads else ''}`",
         "",
         f"## Probability-flow log-likelihood, {n_pf} points of a 2-D mixture, rtol = atol = 1e-5",
         "",
-        "Reference (issue 4): scipy RK45 through numpy, one Rademacher probe, N(0, I) prior: 1.1 s, 74 NFE, mean |error| 0.34 nats.",
+        "Reference (issue 4): scipy RK45 through numpy, one Rademacher probe, N(0, I) prior: 1.1 s, 74 NFE, "
+        "mean |error| 0.34 nats.",
         "",
-        "| schedule | solver | error norm | trace | prior | wall s | CPU s | NFE (max) | NFE (mean) | mean abs err | max abs err |",
+        "| schedule | solver | error norm | trace | prior | wall s | CPU s | NFE (max) | NFE (mean) | "
+        "mean abs err | max abs err |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in pf:

@@ -5,8 +5,10 @@ input fails early with a ``ValueError`` / ``TypeError`` that names the argument.
 """
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import numpy as np
 import torch
@@ -128,3 +130,142 @@ def per_point_time(t: Tensor, n: int, name: str = "t") -> Tensor:
     if t.shape[0] != n:
         raise ValueError(f"{name} must be a scalar or have shape ({n},), got {tuple(t.shape)}")
     return t
+
+
+# ----------------------------------------------------------------------------------------------
+# density arguments (``prior=`` and friends)
+# ----------------------------------------------------------------------------------------------
+#: the forms a density argument may take, as every error message states them
+DENSITY_FORMS = (
+    "an object with a log_prob(x) method (e.g. a GaussianMixture, or gmm.marginal(schedule, t)), "
+    "a callable log_density(x) -> (n,) (e.g. gmm.marginal(schedule, t).log_prob), "
+    "or a callable log_density(x, t) -> (n,) (e.g. lambda x, t: gmm.log_prob(x, t, schedule))"
+)
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+@dataclass(frozen=True)
+class LogDensity:
+    """A density argument in normal form: ``log_density(x, t) -> (n,)`` whatever form it was given in.
+
+    Attributes:
+        fn: the user's callable (``obj.log_prob`` for an object with ``log_prob``).
+        takes_time: whether ``fn`` is called as ``fn(x, t)`` (else ``fn(x)``).
+        name: the argument's name, for error messages.
+    """
+
+    fn: Callable[..., object]
+    takes_time: bool
+    name: str
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        """``log p(x)`` (``(n,)``); ``t`` is passed on only to a callable of ``(x, t)``."""
+        out = self.fn(x, t) if self.takes_time else self.fn(x)
+        n = x.shape[0]
+        if not isinstance(out, Tensor) or tuple(out.shape) != (n,):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"{self.name} must return a tensor of shape ({n},) (one log-density per point), got {got}; "
+                "a per-dimension log-density (e.g. torch.distributions.Normal) needs .sum(-1) or Independent"
+            )
+        return out
+
+
+def _takes_time(fn: Callable[..., object], name: str) -> bool:
+    """Whether ``fn`` wants ``(x, t)`` (two required positional parameters) or ``x`` (one).
+
+    Only required parameters count, so ``gmm.marginal(schedule, t).log_prob`` (signature
+    ``(x, t=None, schedule=None)``) is a callable of ``x``.  A callable taking ``*args`` (or whose
+    signature cannot be read) gets ``(x, t)``, as every callable did before the one-argument form.
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return True
+    params = list(sig.parameters.values())
+    required = [p for p in params if p.kind in _POSITIONAL and p.default is inspect.Parameter.empty]
+    optional = [p for p in params if p.kind in _POSITIONAL and p.default is not inspect.Parameter.empty]
+    var_positional = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+    kw_required = [
+        p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    ]
+    if kw_required:
+        raise TypeError(
+            f"{name} has required keyword-only parameter(s) {kw_required}, which are never passed; "
+            f"{name} must be {DENSITY_FORMS}"
+        )
+    if len(required) == 1:
+        return False
+    if len(required) == 2:
+        return True
+    if not required and (var_positional or len(optional) >= 2):
+        return True
+    if not required and len(optional) == 1:
+        return False
+    raise TypeError(
+        f"{name} takes {len(required)} required positional argument(s) {[p.name for p in required]}; "
+        f"{name} must be {DENSITY_FORMS}"
+    )
+
+
+def as_log_density(density: object, name: str = "prior", *, strings: Sequence[str] = ()) -> Union[str, LogDensity]:
+    """Check a density argument up front and bring it to one form: the one check of every ``prior=``.
+
+    Accepted: one of ``strings`` (returned as is, e.g. ``"gaussian"``); an object with a
+    ``log_prob`` method; a callable of ``x``; a callable of ``(x, t)``.  Whether a callable (or a
+    ``log_prob`` method) gets ``t`` is decided from its signature: exactly one required
+    positional parameter means ``x`` only, two mean ``(x, t)``.
+
+    Raises:
+        TypeError: anything else, naming ``name`` and listing the accepted forms.
+        ValueError: a string that is not one of ``strings``.
+    """
+    choices = ", ".join(repr(s) for s in strings)
+    if isinstance(density, str):
+        if density in strings:
+            return density
+        lead = f"one of {choices}, " if strings else ""
+        raise ValueError(f"{name} must be {lead}{DENSITY_FORMS}; got the string {density!r}")
+    log_prob = getattr(density, "log_prob", None)  # the documented duck type of a density object
+    fn: Optional[Callable[..., object]] = None
+    if log_prob is not None and callable(log_prob):
+        fn = log_prob
+    elif callable(density):
+        fn = density
+    if fn is None:
+        lead = f"one of {choices}, " if strings else ""
+        raise TypeError(f"{name} must be {lead}{DENSITY_FORMS}; got {type(density).__name__}")
+    return LogDensity(fn, _takes_time(fn, name), name)
+
+
+# ----------------------------------------------------------------------------------------------
+# dtype and device of a model
+# ----------------------------------------------------------------------------------------------
+@runtime_checkable
+class HasDtypeDevice(Protocol):
+    """A model that states its dtype and device (``AnalyticModel``, ``MLPDenoiser``)."""
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+
+def model_dtype_device(
+    model: object, dtype: Optional[torch.dtype] = None, device: Any = None
+) -> Tuple[torch.dtype, torch.device]:
+    """``(dtype, device)`` to work in for ``model``: the explicit arguments when given, else the
+    model's own (:class:`HasDtypeDevice`, or the first parameter of a ``torch.nn.Module``), else
+    ``float64`` on the CPU."""
+    m_dtype, m_device = torch.float64, torch.device("cpu")
+    if isinstance(model, HasDtypeDevice):
+        m_dtype, m_device = model.dtype, model.device
+    elif isinstance(model, torch.nn.Module):
+        p = next(model.parameters(), None)
+        if p is not None:
+            m_dtype, m_device = p.dtype, p.device
+    out_dtype = check_float_dtype(dtype) if dtype is not None else m_dtype
+    out_device = resolve_device(device) if device is not None else m_device
+    return out_dtype, out_device

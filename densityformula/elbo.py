@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from . import parameterization as P
+from . import reverse
 from .estimate import Estimate
-from .likelihood._kernels import ReverseKernels, ddpm_kernels, default_discrete, input_scale
-from .models import DiffusionModel
+from .models import AnalyticModel, DiffusionModel, check_model
+from .reverse import ReverseKernels
 from .schedules import Discrete, LiYan
 from .targets import GaussianMixture
 
@@ -37,9 +39,8 @@ _LOG_2PI = math.log(2.0 * math.pi)
 _MAX_BATCH = 1 << 16  # points per model call
 
 
-def _check_x(model: Any, x: Any) -> Tensor:
-    if not isinstance(model, DiffusionModel):
-        raise TypeError(f"model must be a DiffusionModel, got {type(model).__name__}")
+def _check_x(model: object, x: object) -> Tensor:
+    check_model(model)
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (n, d), got {type(x).__name__}")
     if x.ndim != 2 or not x.dtype.is_floating_point:
@@ -49,15 +50,26 @@ def _check_x(model: Any, x: Any) -> Tensor:
     return x
 
 
-def _check_gen(generator: Any) -> None:
+def _check_gen(generator: object) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
 
 
-def _prior_kl(x0: Tensor, ab_T: float, prior_var: float) -> Tensor:
-    """``L_T = KL(N(sqrt(abar_T) x0, (1-abar_T) I) || N(0, P I))`` per point."""
+def _ddpm_interval(kern: ReverseKernels) -> Dict[str, Any]:
+    """``extras`` entries of a DDPM bound: the log-SNRs of its steps (``lambda_T`` to ``lambda_1``) and
+    the model times of its first and last step (docs/math.md section 10, I24)."""
+    lam = kern.ddpm_schedule().log_snrs[1:]
+    return {
+        "log_snr_interval": (float(lam.min()), float(lam.max())),
+        "t_min": float(kern.model_t[0]),
+        "t_max": float(kern.model_t[-1]),
+    }
+
+
+def _prior_kl(x0: Tensor, ab_T: float, om_T: float, prior_var: float) -> Tensor:
+    """``L_T = KL(N(sqrt(abar_T) x0, (1-abar_T) I) || N(0, P I))`` per point (``om_T = 1 - abar_T``)."""
     d = x0.shape[1]
-    om = 1.0 - ab_T
+    om = om_T
     return 0.5 * (
         d * om / prior_var + ab_T * (x0**2).sum(-1) / prior_var - d + d * math.log(prior_var / om)
     )
@@ -69,10 +81,7 @@ def _step_terms(kern: ReverseKernels) -> Dict[str, Tensor]:
     ``ell_1 = L_0 = -log N(x0; D_1(x_1), v_1 I)``, ``ell_k = L_{k-1}`` (k >= 2) (Ho et al.).
     Returned per unit dimension for the constant (multiply by d).
     """
-    ab = kern.alpha_bars
-    betas = kern.betas
-    om = -torch.expm1(torch.log(ab))
-    beta_tilde = om[:-1] * betas / om[1:]
+    beta_tilde = kern.ddpm_beta_tilde()
     v = kern.var
     w = kern.c**2 / v
     const = torch.zeros_like(v)
@@ -85,13 +94,12 @@ def _step_terms(kern: ReverseKernels) -> Dict[str, Tensor]:
 
 def _cv_coefficients(kern: ReverseKernels, cv_data_var: Optional[float]) -> Tensor:
     """``gamma_k sigma_k^2 / abar_k`` of the control variate ``(|eps|^2 - d)`` (see :func:`ddpm`)."""
-    ab = kern.alpha_bars[1:]
-    om = -torch.expm1(torch.log(ab))
+    lam = kern.ddpm_schedule().log_snrs[1:]  # log(abar_k / (1 - abar_k))
     if cv_data_var is None:
-        return torch.zeros_like(ab)
-    snr_v = ab / om * cv_data_var
+        return torch.zeros_like(lam)
+    snr_v = torch.exp(lam) * cv_data_var
     gamma = (snr_v / (1.0 + snr_v)) ** 2
-    return gamma * om / ab
+    return gamma * torch.exp(-lam)
 
 
 def _sq_errors(
@@ -109,7 +117,8 @@ def _sq_errors(
     n, d = x0.shape
     dev, dt = x0.device, x0.dtype
     m = int(ks.shape[0])
-    ab = kern.alpha_bars.to(dev)
+    sched = kern.ddpm_schedule()
+    ab, om = sched.alpha_bars.to(dev), sched.one_minus_alpha_bars.to(dev)
     out = torch.empty(m, n_samples, n, dtype=dt, device=dev)
     per_step = n_samples * n
     steps_per_call = max(1, _MAX_BATCH // max(per_step, 1))
@@ -118,7 +127,7 @@ def _sq_errors(
         mm = kk.shape[0]
         eps = torch.randn(mm, n_samples, n, d, generator=generator, dtype=dt, device=dev)
         sa = torch.sqrt(ab[kk]).to(dt)[:, None, None, None]
-        so = torch.sqrt(-torch.expm1(torch.log(ab[kk]))).to(dt)[:, None, None, None]
+        so = torch.sqrt(om[kk]).to(dt)[:, None, None, None]
         xk = sa * x0[None, None] + so * eps
         scale = kern.in_scale.to(dev)[kk - 1].to(dt)[:, None, None, None]
         t = kern.model_t.to(dev)[kk - 1][:, None, None].expand(mm, n_samples, n).reshape(-1)
@@ -151,8 +160,8 @@ def _ddpm_core(
     _check_gen(generator)
     if not (isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples >= 1):
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
-    sched = default_discrete(model, schedule)
-    kern = ddpm_kernels(model, sched, variance, decoder_variance)
+    sched = reverse.default_discrete(model, schedule)
+    kern = reverse.ddpm_kernels(model, sched, variance, decoder_variance)
     T = kern.K
     n, d = x.shape
     dev, dt = x.device, x.dtype
@@ -201,9 +210,10 @@ def _ddpm_core(
         per_step = None
         const_sum = const.sum()
         nfe = (steps + 1) * n_samples
-    L_T = _prior_kl(x, float(kern.alpha_bars[-1]), kern.prior_var)
+    L_T = _prior_kl(x, float(sched.alpha_bars[-1]), float(sched.one_minus_alpha_bars[-1]), kern.prior_var)
     constant = -(L_T + const_sum)
-    return {"loss": loss, "se": se, "constant": constant, "L_T": L_T, "per_step": per_step, "nfe": nfe, "kernels": kern}
+    return {"loss": loss, "se": se, "constant": constant, "L_T": L_T, "per_step": per_step, "nfe": nfe, "kernels": kern,
+            "interval": _ddpm_interval(kern)}
 
 
 def ddpm(
@@ -274,7 +284,8 @@ def ddpm(
     r = _ddpm_core(model, x, schedule, variance, decoder_variance, n_samples, steps, step_probs, generator,
                    cv_data_var)
     value = r["constant"] - r["loss"]
-    extras = {"L_T": r["L_T"], "objective": r["loss"], "constant": r["constant"], "variance": variance}
+    extras = {"L_T": r["L_T"], "objective": r["loss"], "constant": r["constant"], "variance": variance,
+              **r["interval"]}
     if r["per_step"] is not None:
         extras["terms"] = r["per_step"]
     return Estimate(value, r["se"], r["nfe"], time.perf_counter() - tic, extras)
@@ -305,7 +316,7 @@ def ddpm_objective(
     tic = time.perf_counter()
     r = _ddpm_core(model, x, schedule, variance, decoder_variance, n_samples, steps, step_probs, generator,
                    cv_data_var)
-    extras = {"constant": r["constant"], "variance": variance}
+    extras = {"constant": r["constant"], "variance": variance, **r["interval"]}
     return Estimate(r["loss"], r["se"], r["nfe"], time.perf_counter() - tic, extras)
 
 
@@ -334,11 +345,18 @@ def importance_weights(
     """
     x = _check_x(model, x)
     _check_gen(generator)
-    sched = default_discrete(model, schedule)
-    kern = ddpm_kernels(model, sched, variance, decoder_variance)
+    kern = reverse.ddpm_kernels(model, reverse.default_discrete(model, schedule), variance, decoder_variance)
+    return _importance_weights(kern, x, n_chains, chunk_size, generator)
+
+
+def _importance_weights(
+    kern: ReverseKernels, x: Tensor, n_chains: int, chunk_size: int, generator: Optional[torch.Generator]
+) -> Tensor:
+    """:func:`importance_weights` for given DDPM kernels."""
     n, d = x.shape
     dev, dt = x.device, x.dtype
-    betas = kern.betas.tolist()
+    sched = kern.ddpm_schedule()
+    betas, alphas = sched.betas.tolist(), sched.alphas.tolist()
     pts = max(1, chunk_size // n_chains)
     out = torch.empty(n_chains, n, dtype=dt, device=dev)
     for i0 in range(0, n, pts):
@@ -349,7 +367,7 @@ def importance_weights(
         for k in range(1, kern.K + 1):
             b = betas[k - 1]
             eps = torch.randn(n_chains * m, d, generator=generator, dtype=dt, device=dev)
-            xk = math.sqrt(1.0 - b) * prev + math.sqrt(b) * eps
+            xk = math.sqrt(alphas[k - 1]) * prev + math.sqrt(b) * eps
             log_q = -0.5 * (d * (_LOG_2PI + math.log(b)) + (eps**2).sum(-1))
             with torch.no_grad():
                 mean = kern.mean(xk, k)
@@ -400,11 +418,12 @@ def importance_weighted(
     for v in ks:
         if pool % v:
             raise ValueError(f"every k must divide n_replicates * max(k) = {pool}; {v} does not")
-    logw = importance_weights(
-        model, x, pool, schedule=schedule, variance=variance, decoder_variance=decoder_variance,
-        chunk_size=chunk_size, generator=generator,
-    )
-    T = default_discrete(model, schedule).T
+    x = _check_x(model, x)
+    _check_gen(generator)
+    kern = reverse.ddpm_kernels(model, reverse.default_discrete(model, schedule), variance, decoder_variance)
+    logw = _importance_weights(kern, x, pool, chunk_size, generator)
+    T = kern.K
+    interval = _ddpm_interval(kern)
     seconds = time.perf_counter() - tic
     res: Dict[int, Estimate] = {}
     for v in ks:
@@ -412,7 +431,7 @@ def importance_weighted(
         lme = torch.logsumexp(g, dim=1) - math.log(v)  # (groups, n)
         m = lme.shape[0]
         se = lme.std(0, unbiased=True) / math.sqrt(m) if m >= 2 else torch.full_like(lme[0], math.inf)
-        res[v] = Estimate(lme.mean(0), se, T * pool, seconds, {"n_groups": m})
+        res[v] = Estimate(lme.mean(0), se, T * pool, seconds, {"n_groups": m, **interval})
     return res[ks[0]] if isinstance(k, int) else res
 
 
@@ -424,38 +443,50 @@ def continuous(model: DiffusionModel, x: Tensor, **kwargs: Any) -> Estimate:
     denoiser it equals ``log q_0(x)`` (I5); in expectation over ``x ~ q_0`` the gap is
     ``1/2 int E||D_theta - D||^2 dsnr`` (I8).  This is a thin call of
     :func:`densityformula.density_formula` (same integration machinery, same keyword
-    arguments); it is not pointwise below ``log q_0``.
+    arguments); it is not pointwise below ``log q_0``.  ``extras["log_snr_interval"]`` is the
+    formula's ``lambda_range`` (and ``extras["t_min"]``, ``extras["t_max"]`` the model times of its
+    ends, where they lie in the schedule's range).
     """
-    from .density_formula import density_formula as _formula
+    from .formula import density_formula as _formula
 
+    model = check_model(model)
     est = _formula(model, x, **kwargs)
     est.extras.setdefault("bound", "continuous-time ELBO (I8)")
+    lam_range = est.extras.get("lambda_range")
+    if lam_range is not None and "log_snr_interval" not in est.extras:
+        lo, hi = float(lam_range[0]), float(lam_range[1])
+        est.extras["log_snr_interval"] = (lo, hi)
+        s_lo, s_hi = model.schedule.log_snr_range
+        if s_lo <= lo and hi <= s_hi:
+            ends = model.schedule.t_from_log_snr(torch.tensor([hi, lo], dtype=torch.float64))
+            est.extras.setdefault("t_min", float(ends[0]))
+            est.extras.setdefault("t_max", float(ends[1]))
     return est
 
 
-def _eps_at(obj: Any, x_vp: Tensor, lam: float) -> Tensor:
-    """Noise prediction ``eps_hat`` at log-SNR ``lam`` for a VP-coordinate point ``x_vp``."""
+def _eps_at(obj: Union[GaussianMixture, DiffusionModel], x_vp: Tensor, lam: float) -> Tensor:
+    """Noise prediction ``eps_hat`` at log-SNR ``lam`` for a VP-coordinate point ``x_vp`` (I1)."""
     if isinstance(obj, GaussianMixture):
-        sched = LiYan()
-        t = float(sched.t_from_log_snr(lam))
-        return -math.sqrt(t) * obj.score(x_vp, t, sched)
+        liyan = LiYan()
+        t = liyan.t_from_log_snr(lam)
+        return P.score_to_eps(obj.score(x_vp, t, liyan), liyan.sigma(t).to(x_vp.dtype))
     sched = obj.schedule
     lo, hi = sched.log_snr_range
     if not lo <= lam <= hi:
         raise ValueError(f"log-SNR {lam} is outside the model schedule's range [{lo}, {hi}]")
     lam_t = torch.tensor(lam, dtype=torch.float64)
     t = sched.t_from_log_snr(lam_t)
-    scale = float(input_scale(sched, t, lam_t))
+    scale = float(reverse.input_scale(sched, t, lam_t))
     return obj.eps(x_vp * scale, t)
 
 
 def kl_de_bruijn(
-    q: Union[GaussianMixture, DiffusionModel],
+    q: Union[GaussianMixture, AnalyticModel],
     p: Union[GaussianMixture, DiffusionModel],
     *,
     n_samples: int = 4096,
     n_nodes: int = 128,
-    lambda_range: tuple = (-30.0, 30.0),
+    lambda_range: Optional[Tuple[float, float]] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Estimate:
     """``KL(q || p)`` from the diffused scores of the two laws (de Bruijn, I11).
@@ -470,6 +501,11 @@ def kl_de_bruijn(
     ``lambda`` on ``lambda_range`` (the integrand decays like ``e^{-|lambda|}``, so the truncation
     error is of order ``e^{-30}``), ``n_samples`` fresh Monte Carlo draws per node.
 
+    ``lambda_range`` defaults to ``(-30, 30)``, intersected, when ``p`` is a model, with its
+    ``valid_log_snr`` and its schedule's log-SNR range (where it is valid and defined,
+    docs/math.md section 10, I24): for a network the integral then covers the range it was
+    trained on (a KL restricted to that range).  The range used is in ``extras["log_snr_interval"]``.
+
     Args:
         q: the law the expectation is under: a ``GaussianMixture`` or an ``AnalyticModel``
             (its target).
@@ -481,12 +517,24 @@ def kl_de_bruijn(
     """
     tic = time.perf_counter()
     _check_gen(generator)
-    qt = getattr(q, "target", q)
-    if not isinstance(qt, GaussianMixture):
+    if isinstance(q, AnalyticModel):
+        qt = q.target
+    elif isinstance(q, GaussianMixture):
+        qt = q
+    else:
         raise TypeError(f"q must be a GaussianMixture or an AnalyticModel, got {type(q).__name__}")
     if not isinstance(p, (GaussianMixture, DiffusionModel)):
         raise TypeError(f"p must be a GaussianMixture or a DiffusionModel, got {type(p).__name__}")
-    lo, hi = float(lambda_range[0]), float(lambda_range[1])
+    if lambda_range is None:
+        lo, hi = -30.0, 30.0
+        if isinstance(p, DiffusionModel):
+            (v_lo, v_hi), (s_lo, s_hi) = p.valid_log_snr, p.schedule.log_snr_range
+            lo, hi = max(lo, v_lo, s_lo), min(hi, v_hi, s_hi)
+    else:
+        try:
+            lo, hi = float(lambda_range[0]), float(lambda_range[1])
+        except (TypeError, ValueError, IndexError) as exc:
+            raise TypeError(f"lambda_range must be a pair of floats, got {lambda_range!r}") from exc
     if not lo < hi:
         raise ValueError(f"lambda_range must be increasing, got {lambda_range!r}")
     import numpy as np
@@ -510,5 +558,5 @@ def kl_de_bruijn(
         torch.tensor([math.sqrt(var)], dtype=dt, device=dev),
         2 * n_nodes * n_samples,
         time.perf_counter() - tic,
-        {"lambda_range": (lo, hi), "n_nodes": n_nodes},
+        {"lambda_range": (lo, hi), "log_snr_interval": (lo, hi), "n_nodes": n_nodes},
     )

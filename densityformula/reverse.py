@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -62,10 +62,26 @@ class ReverseKernels:
     # DDPM only (None otherwise): forward-process quantities of the discrete schedule
     alpha_bars: Optional[Tensor] = None  # (K+1,)
     betas: Optional[Tensor] = None  # (K,)
+    schedule: Optional[Discrete] = None  # the discrete schedule of the steps
+    beta_tilde: Optional[Tensor] = None  # (K,) posterior variances (1 - abar_{k-1}) beta_k / (1 - abar_k)
 
     @property
     def K(self) -> int:
         return int(self.a.shape[0])
+
+    def ddpm_schedule(self) -> Discrete:
+        """The discrete schedule of DDPM kernels (I15; ``ValueError`` for other kernels)."""
+        if self.kind != "ddpm" or self.schedule is None:
+            raise ValueError(f"these are {self.kind!r} kernels; the DDPM quantities need sampler='ddpm'")
+        return self.schedule
+
+    def ddpm_beta_tilde(self) -> Tensor:
+        """``beta_tilde_k = (1 - abar_{k-1}) beta_k / (1 - abar_k)`` (``(K,)``) of DDPM kernels (I15;
+        ``ValueError`` for other kernels)."""
+        self.ddpm_schedule()
+        if self.beta_tilde is None:
+            raise ValueError("these DDPM kernels carry no beta_tilde")
+        return self.beta_tilde
 
     def denoise(self, x: Tensor, k: int) -> Tensor:
         """``D_k(x)`` for step ``k`` (1-based), all points at once."""
@@ -83,7 +99,7 @@ class ReverseKernels:
         return float(self.a[i]) * x + float(self.c[i]) * D
 
 
-def _model_times(model: DiffusionModel, lam: Tensor, same: bool) -> tuple:
+def _model_times(model: DiffusionModel, lam: Tensor, same: bool) -> Tuple[Tensor, Tensor, int]:
     """Model time and input scale with log-SNR ``lam`` (clamped into the model's range, warned)."""
     sched = model.schedule
     if same:
@@ -156,27 +172,24 @@ def ddpm_kernels(
         raise TypeError(f"model must be a DiffusionModel, got {type(model).__name__}")
     if variance not in ("beta", "beta_tilde"):
         raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
+    if decoder_variance is not None and not (
+        isinstance(decoder_variance, (int, float)) and decoder_variance > 0 and math.isfinite(decoder_variance)
+    ):
+        raise ValueError(f"decoder_variance must be a positive float, got {decoder_variance!r}")
     betas = schedule.betas.double()
     log_ab = schedule.log_alpha_bars
     ab = schedule.alpha_bars
-    one_m_ab = schedule.one_minus_alpha_bars  # 1 - abar_k without cancellation
-    ab_prev = ab[:-1]
-    om_prev, om_k = one_m_ab[:-1], one_m_ab[1:]
-    a = torch.sqrt(1.0 - betas) * om_prev / om_k
-    c = torch.sqrt(ab_prev) * betas / om_k
+    # every step k -> k-1 from the one DDPM step function (I15); step 1 is its decoder step
+    levels = discrete_step_levels(schedule)
+    a, c, var = ddpm_step(levels, variance, decoder_variance)
+    om_prev, om_k = levels.sigma2_s, levels.sigma2_t
     beta_tilde = om_prev * betas / om_k
-    var = betas.clone() if variance == "beta" else beta_tilde.clone()
-    if decoder_variance is None:
-        var[0] = betas[0]
-    else:
-        if not (isinstance(decoder_variance, (int, float)) and decoder_variance > 0 and math.isfinite(decoder_variance)):
-            raise ValueError(f"decoder_variance must be a positive float, got {decoder_variance!r}")
-        var[0] = float(decoder_variance)
-    a[0], c[0] = 0.0, 1.0
     lam = log_ab[1:] - torch.log(om_k)
     same = same_discrete(model.schedule, schedule)
     t, scale, _ = _model_times(model, lam, same)
-    return ReverseKernels(model, a, c, var, t, scale, 1.0, "ddpm", alpha_bars=ab, betas=betas)
+    return ReverseKernels(
+        model, a, c, var, t, scale, 1.0, "ddpm", alpha_bars=ab, betas=betas, schedule=schedule, beta_tilde=beta_tilde
+    )
 
 
 def em_kernels(model: DiffusionModel, times: Any, prior_var: Optional[float] = None) -> ReverseKernels:
@@ -195,9 +208,8 @@ def em_kernels(model: DiffusionModel, times: Any, prior_var: Optional[float] = N
     s2, alpha = sched.sigma2(t_hi), sched.alpha(t_hi)
     if bool((s2 <= 0).any()):
         raise ValueError("times must not include a step starting where sigma = 0")
-    a = 1.0 - h * f - h * g2 / s2
-    c = h * g2 * alpha / s2
-    var = h * g2
+    # the one Euler--Maruyama step (I17), its score written through the denoiser (I1)
+    a, c, var = score_to_denoiser_coefficients(euler_maruyama_step(f, g2, h), alpha, s2)
     if prior_var is None:
         prior_var = float(sched.alpha2(tt[-1]) + sched.sigma2(tt[-1]))
     return ReverseKernels(model, a, c, var, t_hi, torch.ones_like(t_hi), float(prior_var), "euler_maruyama")
@@ -251,19 +263,6 @@ def pf_coefficients(schedule: Schedule, lam: Tensor) -> Tuple[Tensor, Tensor, Te
     return t, alpha, s2, c
 
 
-def _denoise_and_divergence(model: DiffusionModel, x: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
-    """``(model.denoise(x, t), model.score_divergence(x, t))``, in one pass where possible.
-
-    A model may provide ``denoise_and_score_divergence(x, t)``; for an
-    :class:`~densityformula.models.AnalyticModel` the mixture computes both from one set of
-    responsibilities (half the cost of two calls).
-    """
-    both = getattr(model, "denoise_and_score_divergence", None)
-    if both is not None:
-        return both(x, t)
-    return model.denoise(x, t), model.score_divergence(x, t)  # type: ignore[attr-defined]
-
-
 def _bcast(v: Tensor, x: Tensor) -> Tensor:
     """A scalar or per-point ``(k,)`` coefficient reshaped to broadcast against ``x (k, d)``."""
     v = v.to(x.dtype)
@@ -299,13 +298,13 @@ def pf_velocity(
     t, alpha, s2, c = pf_coefficients(model.schedule, lam)
     d = x.shape[1]
     cb, ab = _bcast(c, x), _bcast(alpha, x)
-    closed = getattr(model, "score_divergence", None)
     if trace == "none":
         with torch.no_grad():
             return cb * x + 0.5 * (ab * model.denoise(x, t) - x), None
-    if trace == "exact" and closed is not None:
+    if trace == "exact" and model.has_exact_divergence:
         with torch.no_grad():
-            D, div_s = _denoise_and_divergence(model, x, t)
+            # one pass where the model shares it (AnalyticModel: one set of responsibilities, I4)
+            D, div_s = model.denoise_and_score_divergence(x, t)
             F = cb * x + 0.5 * (ab * D - x)
             div = d * c.to(x.dtype) + 0.5 * s2.to(x.dtype) * div_s
             return F, div
@@ -331,3 +330,172 @@ def pf_velocity(
                 (gi,) = torch.autograd.grad(F[:, i].sum(), xg, retain_graph=i + 1 < d)
                 div = div + gi[:, i]
     return F.detach(), div.detach()
+
+
+# --------------------------------------------------------------------------------------------
+# step coefficients of the reverse processes (docs/math.md section 8, I15-I19)
+#
+# Every sampler of densityformula.sampling, ddpm_kernels and em_kernels take the coefficients
+# of their steps from these functions; each returns ``StepCoefficients(a, c, var)`` of
+#
+#     x_s = a x_t + c out(x_t) + sqrt(var) z,   z ~ N(0, I),
+#
+# where ``out`` is the model's denoiser ``D(x_t, t)`` (DDPM, DDIM) or its score (Euler--Maruyama,
+# reverse diffusion, Langevin), as each function states; score_to_denoiser_coefficients converts.
+# --------------------------------------------------------------------------------------------
+class StepLevels(NamedTuple):
+    """The two noise levels of reverse steps ``t -> s`` (``s < t``) and the exact forward
+    transition between them, float64, any shape (docs/math.md section 8):
+
+        X_t | X_s ~ N(alpha_ts X_s, sigma2_ts I),  alpha_ts = alpha_t / alpha_s,
+        sigma2_ts = sigma_t^2 - alpha_ts^2 sigma_s^2.
+    """
+
+    alpha_t: Tensor
+    sigma2_t: Tensor
+    alpha_s: Tensor
+    sigma2_s: Tensor
+    alpha_ts: Tensor
+    sigma2_ts: Tensor
+
+
+class StepCoefficients(NamedTuple):
+    """``x_s = a x_t + c out(x_t) + sqrt(var) z`` (float64; ``out`` is ``D`` or the score, per step
+    function; docs/math.md section 8)."""
+
+    a: Tensor
+    c: Tensor
+    var: Tensor
+
+
+def step_levels(schedule: Schedule, t: Union[float, Tensor], s: Union[float, Tensor]) -> StepLevels:
+    """:class:`StepLevels` of ``schedule`` for the steps ``t -> s`` (broadcast, float64) (I15).
+
+    ``sigma2_ts`` is computed as ``-sigma_t^2 expm1(lambda_t - lambda_s)``, which equals
+    ``sigma_t^2 - alpha_ts^2 sigma_s^2`` because ``alpha_ts^2 sigma_s^2 = sigma_t^2 e^(lambda_t -
+    lambda_s)``: no cancellation for short steps, exact where a log-SNR is infinite (``alpha_t = 0``
+    or ``sigma_s = 0``).
+    """
+    tt = schedule.check_time(t, "t")
+    ss = schedule.check_time(s, "s")
+    if not bool((ss < tt).all()):
+        raise ValueError("s must be smaller than t (a reverse step goes from t down to s)")
+    a_t, a_s = schedule.alpha(tt), schedule.alpha(ss)
+    s2_t, s2_s = schedule.sigma2(tt), schedule.sigma2(ss)
+    a_ts = torch.where(a_s > 0, a_t / torch.where(a_s > 0, a_s, torch.ones_like(a_s)), torch.zeros_like(a_t))
+    s2_ts = -s2_t * torch.expm1(schedule.log_snr(tt) - schedule.log_snr(ss))
+    return StepLevels(a_t, s2_t, a_s, s2_s, a_ts, s2_ts)
+
+
+def discrete_step_levels(schedule: Discrete) -> StepLevels:
+    """:class:`StepLevels` of every step ``k -> k - 1`` (``k = 1..T``) of a DDPM schedule, from its
+    arrays: ``alpha_ts^2 = 1 - beta_k``, ``sigma2_ts = beta_k`` exactly (Ho et al.; I15)."""
+    betas = schedule.betas.double()
+    ab = schedule.alpha_bars
+    one_m_ab = schedule.one_minus_alpha_bars  # 1 - abar_k without cancellation
+    return StepLevels(
+        alpha_t=torch.sqrt(ab[1:]),
+        sigma2_t=one_m_ab[1:],
+        alpha_s=torch.sqrt(ab[:-1]),
+        sigma2_s=one_m_ab[:-1],
+        alpha_ts=torch.sqrt(1.0 - betas),
+        sigma2_ts=betas,
+    )
+
+
+def ddpm_step(
+    levels: StepLevels, variance: str = "beta", decoder_variance: Optional[float] = None
+) -> StepCoefficients:
+    """The DDPM ancestral step ``t -> s`` in the posterior-mean parameterization (I15), ``out = D``:
+
+        x_s = (alpha_ts sigma_s^2 / sigma_t^2) x_t + (alpha_s sigma2_ts / sigma_t^2) D(x_t) + sqrt(v) z,
+
+    the mean of the forward posterior ``q(x_s | x_t, x_0 = D)``, with ``v = sigma2_ts`` (``"beta"``)
+    or ``v = sigma2_ts sigma_s^2 / sigma_t^2`` (``"beta_tilde"``, the posterior variance).  The
+    decoder step onto ``sigma_s = 0`` has ``a = 0``, ``c = alpha_s`` and ``v = decoder_variance``,
+    by default ``sigma2_ts`` (``beta_1``) in both variants.  On a DDPM schedule
+    (:func:`discrete_step_levels`) this is Ho et al.'s ``a_k, c_k, v_k`` of :func:`ddpm_kernels`.
+    """
+    if variance not in ("beta", "beta_tilde"):
+        raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
+    lv = levels
+    a = lv.alpha_ts * lv.sigma2_s / lv.sigma2_t
+    c = lv.alpha_s * lv.sigma2_ts / lv.sigma2_t
+    var = lv.sigma2_ts.clone() if variance == "beta" else lv.sigma2_s * lv.sigma2_ts / lv.sigma2_t
+    decoder = lv.sigma2_s == 0
+    if bool(decoder.any()):
+        if decoder_variance is None:
+            v_dec = lv.sigma2_ts
+        else:
+            if not (isinstance(decoder_variance, (int, float)) and decoder_variance >= 0
+                    and math.isfinite(decoder_variance)):
+                raise ValueError(f"decoder_variance must be a finite float >= 0, got {decoder_variance!r}")
+            v_dec = torch.full_like(var, float(decoder_variance))
+        a = torch.where(decoder, torch.zeros_like(a), a)
+        c = torch.where(decoder, lv.alpha_s, c)
+        var = torch.where(decoder, v_dec, var)
+    return StepCoefficients(a, c, var)
+
+
+def ddim_step(levels: StepLevels, eta: float = 0.0) -> StepCoefficients:
+    """The DDIM step ``t -> s`` (I16), ``out = D``:
+
+        x_s = alpha_s D + sqrt(sigma_s^2 - c2) eps_hat + sqrt(c2) z,   c2 = eta^2 sigma2_ts sigma_s^2 / sigma_t^2,
+
+    with ``eps_hat = (x_t - alpha_t D) / sigma_t`` (I1), i.e. ``a = sqrt(sigma_s^2 - c2) / sigma_t``,
+    ``c = alpha_s - a alpha_t``, ``var = c2``.  ``eta = 0``: deterministic (the first-order
+    exponential step of the probability-flow ODE); ``eta = 1``: the law of :func:`ddpm_step` with
+    ``"beta_tilde"``.
+    """
+    eta = float(eta)
+    if not (math.isfinite(eta) and eta >= 0.0):
+        raise ValueError(f"eta must be a finite float >= 0, got {eta}")
+    lv = levels
+    c2 = (eta * eta) * lv.sigma2_ts * lv.sigma2_s / lv.sigma2_t
+    a = torch.sqrt((lv.sigma2_s - c2).clamp(min=0.0)) / torch.sqrt(lv.sigma2_t)
+    return StepCoefficients(a, lv.alpha_s - a * lv.alpha_t, c2)
+
+
+def euler_maruyama_step(drift: Tensor, g2: Tensor, h: Tensor) -> StepCoefficients:
+    """One Euler--Maruyama step of the reverse SDE ``dx = (f x - g^2 score) dt + g dB-bar`` from ``t``
+    to ``s = t - h`` with ``f = drift(t)``, ``g^2 = g2(t)`` (I17), ``out = score(x_t, t)``:
+
+        x_s = (1 - h f) x_t + h g^2 score + sqrt(h g^2) z.
+    """
+    hg2 = h * g2
+    return StepCoefficients(1.0 - h * drift, hg2, hg2)
+
+
+def reverse_diffusion_step(levels: StepLevels) -> StepCoefficients:
+    """Song et al.'s reverse-diffusion predictor ``t -> s`` (their eq. 45-46; I18), ``out = score``:
+
+        x_s = (2 - alpha_ts) x_t + sigma2_ts score(x_t, t) + sqrt(sigma2_ts) z
+
+    (VP: ``(2 - sqrt(1 - beta_i)) x + beta_i s + sqrt(beta_i) z``; VE: ``x + (sigma_t^2 - sigma_s^2) s + ...``).
+    """
+    return StepCoefficients(2.0 - levels.alpha_ts, levels.sigma2_ts, levels.sigma2_ts.clone())
+
+
+def langevin_corrector_step(score_norm: float, noise_norm: float, snr: float, alpha: float = 1.0) -> StepCoefficients:
+    """One Langevin corrector step with Song et al.'s signal-to-noise rule (their Alg. 4-5; I19),
+    ``out = score(x, t)``:
+
+        eps = 2 alpha (snr ||z|| / ||score||)^2,   x <- x + eps score + sqrt(2 eps) z,
+
+    ``score_norm``/``noise_norm``: the norms of the score and of the noise draw ``z`` (Song et al.:
+    per-point norms averaged over the batch); ``alpha = 1 - beta_i`` (VP) or 1 (VE).
+    """
+    if score_norm == 0.0 or not math.isfinite(score_norm):
+        raise FloatingPointError(f"the score norm is {score_norm}; cannot set the Langevin step size")
+    snr, alpha = float(snr), float(alpha)
+    if not (math.isfinite(snr) and snr > 0.0):
+        raise ValueError(f"snr must be a positive float, got {snr}")
+    eps = 2.0 * alpha * (snr * noise_norm / score_norm) ** 2
+    one, step, var = torch.tensor([1.0, eps, 2.0 * eps], dtype=torch.float64)
+    return StepCoefficients(one, step, var)
+
+
+def score_to_denoiser_coefficients(coefs: StepCoefficients, alpha: Tensor, sigma2: Tensor) -> StepCoefficients:
+    """The same step with ``out = D``: ``score = (alpha D - x_t) / sigma_t^2`` (I1) gives
+    ``a_D = a - c / sigma_t^2`` and ``c_D = c alpha / sigma_t^2`` (``alpha``, ``sigma2`` at ``t``)."""
+    return StepCoefficients(coefs.a - coefs.c / sigma2, coefs.c * alpha / sigma2, coefs.var)

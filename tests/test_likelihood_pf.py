@@ -1,4 +1,6 @@
-"""Probability-flow likelihood (I12): exactness, direction, per-point solves, traces."""
+"""Probability-flow likelihood (I12): exactness, direction, per-point solves, traces, intervals, priors."""
+
+import warnings
 
 import pytest
 import torch
@@ -160,7 +162,7 @@ def _jacobian_F(m, x, lam):
         tt = S.t_from_log_snr(lam)
         c = -S.drift(tt) * S.sigma2(tt) / S.g2(tt)
         al = S.alpha(tt)
-        f = lambda xi: c * xi + 0.5 * (al * m.denoise(xi[None], tt)[0] - xi)  # noqa: E731
+        f = lambda xi, c=c, al=al, tt=tt: c * xi + 0.5 * (al * m.denoise(xi[None], tt)[0] - xi)  # noqa: E731
         J.append(torch.autograd.functional.jacobian(f, x[i]))
     return torch.stack(J)
 
@@ -274,21 +276,20 @@ def test_benchmark_accuracy_goal():
         assert float((est.value - exact).abs().mean()) <= 1e-4, kw
 
 
-def test_network_default_range_warns_and_a_collapsed_step_is_explained():
-    """A network integrated to the default log-SNR -40 gets a warning; if torchdiffeq's step
-    underflows there, the error says why instead of a bare AssertionError."""
-    import warnings
-
-    import densityformula as df
-
+def test_explicit_range_beyond_valid_warns_and_a_collapsed_step_is_explained():
+    """Integrating a network beyond its valid log-SNR range (asked for explicitly) gets a warning;
+    if torchdiffeq's step underflows there, the error says why instead of a bare AssertionError.
+    The default interval (the valid range) warns about nothing."""
     net = df.models.MLPDenoiser(2, df.schedules.LiYan(), width=16, depth=1, seed=0)
+    net.valid_log_snr = (-10.0, 10.0)
     x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
-    with pytest.warns(RuntimeWarning, match="t_end"):
+    with pytest.warns(RuntimeWarning, match="valid_log_snr"):
         try:
-            df.likelihood.probability_flow(net, x, trace="exact")
+            df.likelihood.probability_flow(net, x, trace="exact", t_max=net.schedule.t_max)
         except RuntimeError as exc:
             assert "underflowed" in str(exc)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        est = df.likelihood.probability_flow(net, x, trace="exact", t_end=df.sampling.default_t_start(net.schedule))
+        est = df.likelihood.probability_flow(net, x, trace="exact")
     assert bool(torch.isfinite(est.value).all())
+    assert est.extras["log_snr_interval"] == (-10.0, 10.0)

@@ -68,7 +68,7 @@ def test_grid_too_coarse_raises():
 
 
 def _simulate_ddpm(model, sched, n, d, variance, seed):
-    """Ancestral sampling written out from Ho et al.'s formulas (independent of _kernels)."""
+    """Ancestral sampling written out from Ho et al.'s formulas (independent of densityformula.reverse)."""
     g = gen(seed)
     b = sched.betas
     ab = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - b, 0)])

@@ -91,7 +91,12 @@ def test_sampler_reproduces_mixture(name, sched):
 
 @pytest.mark.parametrize(
     "fn,kw",
-    [(S.euler_maruyama, dict(steps=6)), (S.ddpm, dict(steps=3)), (S.ddim, dict(steps=3)), (S.probability_flow, dict(steps=2, method="euler"))],
+    [
+        (S.euler_maruyama, dict(steps=6)),
+        (S.ddpm, dict(steps=3)),
+        (S.ddim, dict(steps=3)),
+        (S.probability_flow, dict(steps=2, method="euler")),
+    ],
 )
 def test_too_few_steps_are_detected(fn, kw):
     """The distributional check has power: coarse grids fail it."""
@@ -154,7 +159,8 @@ def test_reverse_diffusion_is_song_et_al_vp_and_ve():
     g, x = _gen(1), xT.clone()
     for k in range(30, 0, -1):
         b = sch.betas[k - 1]
-        x = (2 - torch.sqrt(1 - b)) * x + b * model.score(x, float(k)) + torch.sqrt(b) * torch.randn(x.shape, generator=g, dtype=F64)
+        z = torch.randn(x.shape, generator=g, dtype=F64)
+        x = (2 - torch.sqrt(1 - b)) * x + b * model.score(x, float(k)) + torch.sqrt(b) * z
     torch.testing.assert_close(ours, x, rtol=1e-9, atol=1e-9)
     # VE: x_{i-1} = x_i + (sigma_i^2 - sigma_{i-1}^2) s + sqrt(sigma_i^2 - sigma_{i-1}^2) z   (eq. 47)
     ve = VE()
@@ -178,7 +184,8 @@ def test_euler_maruyama_is_the_reverse_sde_step():
     for i in range(7):
         t = 1 - i * h
         beta = 0.1 + 19.9 * t  # f = -beta/2, g^2 = beta
-        x = x + (0.5 * beta * x + beta * model.score(x, t)) * h + math.sqrt(beta * h) * torch.randn(x.shape, generator=g, dtype=F64)
+        z = torch.randn(x.shape, generator=g, dtype=F64)
+        x = x + (0.5 * beta * x + beta * model.score(x, t)) * h + math.sqrt(beta * h) * z
     torch.testing.assert_close(ours, x, rtol=1e-9, atol=1e-9)
 
 

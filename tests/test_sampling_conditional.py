@@ -1,14 +1,13 @@
 """Controllable generation: classifier guidance and inpainting against the exact conditionals."""
-import math
 
 import pytest
 import torch
+from test_sampling import _gen, _gmm, check_differs, check_matches
 
 from densityformula import sampling as S
 from densityformula.models import AnalyticModel
 from densityformula.schedules import VE, LiYan, VPLinear
 from densityformula.targets import Gaussian, GaussianMixture
-from test_sampling import _gen, _gmm, check_differs, check_matches
 
 F64 = torch.float64
 
@@ -120,11 +119,14 @@ def test_inpainting_guided_score_is_the_conditional_process_score(sched):
     guided = S.GuidedModel(AnalyticModel(gmm, sch), S.gmm_inpainting_log_likelihood(gmm, sch, mask, values))
     x = 1.5 * torch.randn(50, 3, generator=_gen(20), dtype=F64)
     for t in (0.02, 0.3, 0.9):
-        ref = _conditional_process(gmm, sch, mask, values, t).score(x, 0.0, VPLinear())  # law at t=0 of VPLinear: itself
+        # the law at t = 0 of VPLinear is the law itself
+        ref = _conditional_process(gmm, sch, mask, values, t).score(x, 0.0, VPLinear())
         torch.testing.assert_close(guided.score(x, t), ref, rtol=1e-8, atol=1e-8)
 
 
-@pytest.mark.parametrize("sampler,kw", [("ddpm", dict(steps=1000)), ("euler_maruyama", dict(steps=500)), ("ddim", dict(steps=100))])
+@pytest.mark.parametrize(
+    "sampler,kw", [("ddpm", dict(steps=1000)), ("euler_maruyama", dict(steps=500)), ("ddim", dict(steps=100))]
+)
 def test_guided_inpainting_matches_the_exact_conditional(sampler, kw):
     sch = VPLinear()
     gmm = _gmm3()
@@ -143,7 +145,8 @@ def test_replacement_inpainting_is_exact_for_independent_blocks_and_biased_other
     mask = torch.tensor([True, False, False])
     values = torch.tensor([0.3], dtype=F64)
     # known coordinate independent of the unknown ones: replacement is exact
-    indep = Gaussian(torch.tensor([0.5, -1.0, 1.0], dtype=F64), torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.4, 0.2], [0.0, 0.2, 0.6]], dtype=F64))
+    cov = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.4, 0.2], [0.0, 0.2, 0.6]], dtype=F64)
+    indep = Gaussian(torch.tensor([0.5, -1.0, 1.0], dtype=F64), cov)
     x = S.inpaint(AnalyticModel(indep, sch), mask, values, n=1000, sampler="ddpm", steps=1000, generator=_gen(23))
     check_matches(x[:, 1:], indep.condition(mask, values), 24, "replacement, independent blocks")
     # correlated mixture: the replacement (imputation) method is only an approximation

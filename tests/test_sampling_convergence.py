@@ -3,8 +3,9 @@
 With the exact (affine) score of ``N(m, v)`` every step of ddpm / ddim / Euler-Maruyama / reverse
 diffusion is affine in the state and the fresh noise, so the output is Gaussian and its mean and
 variance are computed EXACTLY by pushing a handful of points through the sampler with the noise
-generator replaced by unit impulses (row 0: x_T = mean, row 1: x_T = mean + 1, row 2 + j: unit
-noise at draw j).  No Monte Carlo error: the convergence slopes are measured to 3 digits.
+generator replaced by unit impulses through ``noise_sampler`` (row 0: x_T = mean, row 1:
+x_T = mean + 1, row 2 + j: unit noise at draw j).  No Monte Carlo error: the convergence slopes are
+measured to 3 digits.
 The predictor-corrector's Langevin step size is set from batch norms (not affine), so it is
 studied by Monte Carlo (marked slow).
 """
@@ -13,7 +14,6 @@ import math
 import pytest
 import torch
 
-import densityformula.sampling._samplers as samplers_mod
 from densityformula import sampling as S
 from densityformula.models import AnalyticModel
 from densityformula.schedules import Discrete, LiYan, VPLinear
@@ -27,14 +27,14 @@ def _model(sch):
     return AnalyticModel(Gaussian(torch.tensor([M], dtype=F64), torch.tensor([[V]], dtype=F64)), sch)
 
 
-def exact_output_moments(monkeypatch, sampler, sch, steps, **kw):
+def exact_output_moments(sampler, sch, steps, **kw):
     """Mean and variance of the sampler output when x_T ~ q_{t_start} exactly (docs/math.md I2)."""
     t0 = kw.pop("t_start", S.default_t_start(sch))
     a0, s20 = float(sch.alpha(t0)), float(sch.sigma2(t0))
     m0, v0 = a0 * M, a0 * a0 * V + s20
     draws = []
 
-    def impulse(x, generator):
+    def impulse(x, i):
         z = torch.zeros_like(x)
         j = len(draws)
         draws.append(j)
@@ -42,21 +42,19 @@ def exact_output_moments(monkeypatch, sampler, sch, steps, **kw):
         z[2 + j] = 1.0
         return z
 
-    monkeypatch.setattr(samplers_mod, "_randn", impulse)
     rows = steps + 2
     xT = torch.full((rows, 1), m0, dtype=F64)
     xT[1] += 1.0
-    out = sampler(_model(sch), xT, steps=steps, t_start=t0, **kw)[:, 0]
-    monkeypatch.undo()
+    out = sampler(_model(sch), xT, steps=steps, t_start=t0, noise_sampler=impulse, **kw)[:, 0]
     gain = out[1] - out[0]
     noise = out[2:] - out[0]
     return float(out[0]), float(gain**2 * v0 + (noise**2).sum())
 
 
-def test_impulse_moments_agree_with_monte_carlo(monkeypatch):
+def test_impulse_moments_agree_with_monte_carlo():
     """The exact-moment device itself, against simulation (n = 200000, 4 standard errors)."""
     sch = VPLinear()
-    mean, var = exact_output_moments(monkeypatch, S.euler_maruyama, sch, 16)
+    mean, var = exact_output_moments(S.euler_maruyama, sch, 16)
     g = torch.Generator().manual_seed(0)
     a0, s20 = float(sch.alpha(1.0)), float(sch.sigma2(1.0))
     n = 200_000
@@ -78,25 +76,25 @@ CASES = {
 
 @pytest.mark.parametrize("sched", ["vplinear", "liyan"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_first_order_convergence(monkeypatch, name, sched):
+def test_first_order_convergence(name, sched):
     """Error of the output variance (and mean) falls like 1/steps: slope -1 on a log-log plot."""
     sch = VPLinear() if sched == "vplinear" else LiYan()
     fn, kw = CASES[name]
     steps = [64, 128, 256, 512, 1024]
     errs = []
     for k in steps:
-        mean, var = exact_output_moments(monkeypatch, fn, sch, k, **kw)
+        mean, var = exact_output_moments(fn, sch, k, **kw)
         errs.append(abs(var - V) + abs(mean - M))
     slopes = [math.log2(errs[i] / errs[i + 1]) for i in range(len(steps) - 1)]
     assert errs[-1] < 0.02 * V, errs
     assert 0.8 < slopes[-1] < 1.2, (errs, slopes)
 
 
-def test_ddpm_on_discrete_schedule_converges_to_the_continuous_limit(monkeypatch):
+def test_ddpm_on_discrete_schedule_converges_to_the_continuous_limit():
     """Ho et al.'s sampler on Discrete.ddpm_linear(T): the error of the output law falls ~1/T."""
     errs = []
     for T in (125, 250, 500, 1000):
-        mean, var = exact_output_moments(monkeypatch, S.ddpm, Discrete.ddpm_linear(T), T, variance="beta")
+        mean, var = exact_output_moments(S.ddpm, Discrete.ddpm_linear(T), T, variance="beta")
         errs.append(abs(var - V) + abs(mean - M))
     slope = math.log2(errs[-2] / errs[-1])
     assert 0.8 < slope < 1.2, errs

@@ -22,7 +22,13 @@ from densityformula.models import AnalyticModel
 from densityformula.targets import Gaussian, GaussianMixture, random_gmm
 
 F64 = torch.float64
-FUZZ = settings(max_examples=200, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink], report_multiple_bugs=False)
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+    report_multiple_bugs=False,
+)
 
 # ----------------------------------------------------------------------------------------------
 # garbage
@@ -79,7 +85,9 @@ small_garbage = garbage.filter(lambda v: not (isinstance(v, int) and abs(v) > 64
 
 def near(draw, shape: Sequence[int], lo: float = -3.0, hi: float = 3.0) -> torch.Tensor:
     """A float64 tensor of a plausible shape with plausible values, sometimes spoiled."""
-    t = torch.tensor(np.asarray(draw(st.lists(st.floats(lo, hi), min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))), dtype=F64).reshape(shape)
+    size = int(np.prod(shape))
+    vals = draw(st.lists(st.floats(lo, hi), min_size=size, max_size=size))
+    t = torch.tensor(np.asarray(vals), dtype=F64).reshape(shape)
     how = draw(st.sampled_from(["ok", "ok", "ok", "nan", "inf", "big", "tiny", "f32", "shape"]))
     if t.numel() and how == "nan":
         t.view(-1)[0] = math.nan
@@ -137,7 +145,8 @@ def check(fn: Callable[..., Any], names: Sequence[str], *args: Any, **kwargs: An
 def test_gaussian_mixture_constructor(data):
     K = data.draw(st.integers(1, 3))
     d = data.draw(st.integers(1, 3))
-    w = arg(data.draw, st.builds(lambda: None).map(lambda _: torch.full((K,), 1.0 / K, dtype=F64)) | st.just([1.0 / K] * K))
+    w = arg(data.draw, st.builds(lambda: None).map(lambda _: torch.full((K,), 1.0 / K, dtype=F64))
+            | st.just([1.0 / K] * K))
     mu = arg(data.draw, st.just(None).map(lambda _: near(data.draw, (K, d))))
     cov_shape = data.draw(st.sampled_from([(K, d, d), (K, d), (K,), ()]))
     covs = arg(data.draw, st.just(None).map(lambda _: near(data.draw, cov_shape, 0.01, 3.0)))
@@ -155,7 +164,8 @@ def test_gaussian_mixture_constructor(data):
 def test_gaussian_constructor(data):
     d = data.draw(st.integers(1, 3))
     mean = arg(data.draw, st.just(None).map(lambda _: near(data.draw, (d,))))
-    cov = arg(data.draw, st.just(None).map(lambda _: near(data.draw, data.draw(st.sampled_from([(d, d), (d,), ()])), 0.01, 3.0)))
+    cov_shape = data.draw(st.sampled_from([(d, d), (d,), ()]))
+    cov = arg(data.draw, st.just(None).map(lambda _: near(data.draw, cov_shape, 0.01, 3.0)))
     g = check(Gaussian, ["mean", "cov", "covs"], mean, cov)
     if g is not None:
         exercise_mixture(data, g)
@@ -204,8 +214,9 @@ def test_schedule_constructors_and_methods(data):
         if sch is None:
             return
     lo, hi = sch.t_min, sch.t_max
-    t = arg(data.draw, st.one_of(st.floats(lo, hi), st.lists(st.floats(lo, hi), max_size=4).map(lambda v: torch.tensor(v, dtype=F64)),
-                                  st.lists(st.floats(lo, hi), max_size=4).map(lambda v: torch.tensor(v, dtype=torch.float32).clamp(lo, hi))))
+    t64 = st.lists(st.floats(lo, hi), max_size=4).map(lambda v: torch.tensor(v, dtype=F64))
+    t32 = st.lists(st.floats(lo, hi), max_size=4).map(lambda v: torch.tensor(v, dtype=torch.float32).clamp(lo, hi))
+    t = arg(data.draw, st.one_of(st.floats(lo, hi), t64, t32))
     for meth in ("alpha", "sigma", "alpha2", "sigma2", "log_snr", "snr", "drift", "g2"):
         check(getattr(sch, meth), ["t"], t)
     lam = arg(data.draw, st.one_of(st.floats(-50, 50), st.sampled_from([math.inf, -math.inf])))
@@ -223,7 +234,8 @@ def exercise_mixture(data, g: GaussianMixture) -> None:
     n = data.draw(st.integers(0, 3))
     x = arg(data.draw, st.just(None).map(lambda _: near(data.draw, (n, d)).to(g.dtype)))
     sch = data.draw(st.one_of(st.sampled_from(SCHEDS), garbage))
-    t = arg(data.draw, st.one_of(st.floats(0, 1), st.lists(st.floats(0, 1), min_size=n, max_size=n).map(lambda v: torch.tensor(v, dtype=F64))))
+    t_n = st.lists(st.floats(0, 1), min_size=n, max_size=n).map(lambda v: torch.tensor(v, dtype=F64))
+    t = arg(data.draw, st.one_of(st.floats(0, 1), t_n))
     check(g.log_prob, ["x"], x)
     check(g.responsibilities, ["x"], x)
     for meth in ("log_prob", "score", "denoise", "score_divergence", "responsibilities"):
@@ -262,3 +274,43 @@ def test_analytic_model_and_estimate_constructors(data):
     e = check(Estimate, ["value", "stderr", "nfe", "seconds"], value, stderr, 1, 0.0)
     if e is not None:
         check(e.ci, ["level"], arg(data.draw, st.floats(0.01, 0.99)))
+
+
+# ----------------------------------------------------------------------------------------------
+# density arguments (prior=)
+# ----------------------------------------------------------------------------------------------
+def _density_candidates() -> st.SearchStrategy:
+    g = random_gmm(2, 2, seed=0)
+    sch = S.VPLinear()
+    outs = [
+        lambda x: g.log_prob(x),
+        lambda x: x,  # (n, d): wrong shape
+        lambda x: 1.0,  # not a tensor
+        lambda x: torch.zeros(x.shape[0] + 1, dtype=F64),
+    ]
+    callables = st.sampled_from(
+        outs
+        + [lambda x, t: g.log_prob(x, t, sch), lambda x, t, s: x, lambda: 0, lambda *a: g.log_prob(a[0]),
+           lambda x, *, k: x, g.log_prob, g.marginal(sch, 0.5).log_prob, g, AnalyticModel(g, sch)]
+    )
+    return st.one_of(callables, garbage, st.sampled_from(["gaussian", "uniform", ""]))
+
+
+@FUZZ
+@given(data=st.data())
+def test_density_arguments(data):
+    """Every density argument is a known form or a TypeError/ValueError naming ``prior``; a known
+    form either returns an ``(n,)`` log-density or a ValueError naming ``prior``."""
+    from densityformula._validation import LogDensity, as_log_density
+
+    density = data.draw(_density_candidates())
+    ld = check(as_log_density, ["prior"], density, "prior", strings=("gaussian",))
+    if isinstance(ld, LogDensity):
+        x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+        t = torch.full((3,), 0.5, dtype=F64)
+        try:
+            out = ld(x, t)
+        except ValueError as exc:
+            assert "prior" in str(exc)
+        else:
+            assert out.shape == (3,)

@@ -1,11 +1,16 @@
 """Exact likelihoods of diffusion models (docs/math.md section 6: I12, I13, I14).
 
 - :func:`probability_flow`: log-density of the probability-flow ODE (I12), integrated in
-  log-SNR with ``torchdiffeq`` or with a batched per-point Dormand--Prince.
+  log-SNR with ``torchdiffeq`` or with a batched per-point Dormand--Prince, by default over the
+  model's valid log-SNR interval (docs/math.md section 10, I24), its vector field (I20) and every
+  reverse kernel taken from :mod:`densityformula.reverse`.
 - :func:`sampler_density_1d`: the exact output density of the DDPM ancestral sampler (or an
   Euler--Maruyama reverse SDE) in 1-D, propagated on a grid (I13).
 - :func:`gaussian_sampler`: the closed-form Gaussian output law of the DDPM sampler when every
   step's denoiser is affine (I14).
+
+Every ``prior=`` takes ``"gaussian"``, an object with ``log_prob(x)``, a callable of ``x`` or a
+callable of ``(x, t)``, checked up front by ``densityformula._validation.as_log_density``.
 """
 from .pf_ode import pf_velocity, probability_flow
 

@@ -154,7 +154,9 @@ def dopri5_per_point(
         attempts[A] += 1
         accept = ratio <= 1.0
         # step-size controller (torchdiffeq _optimal_step_size)
-        safe = torch.where(ratio > 0, _SAFETY / ratio.clamp_min(1e-300) ** (1.0 / _ORDER), torch.full_like(ratio, _IFACTOR))
+        safe = torch.where(
+            ratio > 0, _SAFETY / ratio.clamp_min(1e-300) ** (1.0 / _ORDER), torch.full_like(ratio, _IFACTOR)
+        )
         lower = torch.where(accept, torch.ones_like(ratio), torch.full_like(ratio, _DFACTOR))
         factor = torch.minimum(torch.full_like(ratio, _IFACTOR), torch.maximum(safe, lower))
         h[A] = hA * factor

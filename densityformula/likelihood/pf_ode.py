@@ -30,31 +30,71 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
-from .._validation import as_time
+from .. import reverse
+from .._validation import LogDensity, TimeLike, as_log_density
 from ..estimate import Estimate
-from ..models import AnalyticModel, DiffusionModel
+from ..models import DiffusionModel, check_model, log_snr_interval
 from ..reverse import pf_velocity
 from ..schedules import Schedule
 from ._ode import dopri5_per_point
 
-# below this log-SNR (DDPM-linear's end, -10.1) networks trained on common schedules see few samples
-_TRAINED_LAMBDA_MIN = -10.5
-
 Tensor = torch.Tensor
-Prior = Union[str, Callable[[Tensor, Tensor], Tensor]]
+#: ``"gaussian"``, an object with ``log_prob(x)``, a callable of ``x`` or of ``(x, t)``
+Prior = Union[str, Callable[..., Tensor], object]
 
 __all__ = ["probability_flow", "pf_velocity"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _resolve_lambda(schedule: Schedule, t: Any, default: float, clip: float, name: str, lo: bool) -> Tensor:
-    tt = as_time(default if t is None else t, name)
-    lam = schedule.log_snr(tt)
-    lam = lam.clamp(min=-clip) if lo else lam.clamp(max=clip)
+def _alias(
+    new: Optional[TimeLike], old: Optional[TimeLike], new_name: str, old_name: str
+) -> Tuple[Optional[TimeLike], str]:
+    """The value of an interval end given as ``new_name`` or its old alias ``old_name`` (not both)."""
+    if new is not None and old is not None:
+        raise ValueError(f"give {new_name} or its old name {old_name}, not both")
+    if old is not None:
+        return old, old_name
+    return new, new_name
+
+
+def _end_lambda(
+    schedule: Schedule, t: Optional[TimeLike], default: float, clip: Optional[Tuple[float, float]], name: str
+) -> Tensor:
+    """Log-SNR of an interval end: ``default`` when ``t`` is None, else ``lambda(t)`` with an infinite
+    end replaced by the schedule's finite one (``Schedule.clip_log_snr``), then clipped to ``clip``."""
+    if t is None:
+        lam = torch.tensor(default, dtype=torch.float64)
+    else:
+        lam = schedule.clip_log_snr(schedule.log_snr(schedule.check_time(t, name)).double())
+    if clip is not None:
+        lam = lam.clamp(clip[0], clip[1])
     if not bool(torch.isfinite(lam).all()):
         raise ValueError(f"{name} gives a non-finite log-SNR")
     return lam
+
+
+def _augmented(model: DiffusionModel, y: Tensor, lam: Tensor, d: int, trace: str, probes: Optional[Tensor]) -> Tensor:
+    """``[F, div F]`` of the state ``y = [x, log-density columns]`` (I12 with the field of I20)."""
+    F, div = reverse.pf_velocity(model, y[:, :d], lam, trace=trace, probes=probes)
+    if div is None:  # trace is never "none" here
+        raise RuntimeError("pf_velocity returned no divergence")
+    return torch.cat([F, div.reshape(div.shape[0], -1)], 1)
+
+
+def _warn_outside_valid(model: DiffusionModel, lam_lo: float, lam_hi: float, names: str) -> None:
+    """RuntimeWarning when an interval the user asked for leaves ``model.valid_log_snr`` (I24)."""
+    v_lo, v_hi = model.valid_log_snr
+    tol = 1e-6
+    if lam_lo < v_lo - tol * max(1.0, abs(v_lo)) or lam_hi > v_hi + tol * max(1.0, abs(v_hi)):
+        warnings.warn(
+            f"probability_flow integrates this model over log-SNR [{lam_lo:.4g}, {lam_hi:.4g}] ({names}), beyond "
+            f"the range [{v_lo:.4g}, {v_hi:.4g}] it is valid on (model.valid_log_snr: for a network, the range "
+            "it was trained on); the model's error there enters the likelihood. Leave t_min/t_max unset to "
+            "integrate over densityformula.models.log_snr_interval(model).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def probability_flow(
@@ -68,26 +108,34 @@ def probability_flow(
     n_probes: int = 1,
     probe: str = "rademacher",
     prior: Prior = "gaussian",
-    t_start: Any = None,
-    t_end: Any = None,
+    t_min: Optional[TimeLike] = None,
+    t_max: Optional[TimeLike] = None,
     solver: str = "batch",
     error_norm: str = "max",
-    lambda_clip: Tuple[float, float] = (-40.0, 25.0),
+    lambda_clip: Optional[Tuple[float, float]] = None,
     generator: Optional[torch.Generator] = None,
     return_trajectory: bool = False,
     n_trajectory: int = 33,
     max_steps: int = 100_000,
+    t_start: Optional[TimeLike] = None,
+    t_end: Optional[TimeLike] = None,
 ) -> Estimate:
-    """Per-point log-density (nats) of the model's probability-flow ODE at time ``t_start`` (I12).
+    """Per-point log-density (nats) of the model's probability-flow ODE at time ``t_min`` (I12).
 
-    ``log p_{t_s}(x) = log p_prior(x_e) + int_{lambda_s}^{lambda_e} div F(x_lambda, lambda) dlambda``
-    with ``F`` of :func:`pf_velocity`, integrated in the log-SNR clock from
-    ``lambda_s = lambda(t_start)`` down to ``lambda_e = lambda(t_end)``.  With the exact score,
-    exact trace and the exact prior ``log q_{t_end}`` this reproduces ``log q_{t_start}(x)`` to
-    solver tolerance (tested to 1e-5 nats for LiYan, VPLinear, SubVP and VE).
+    ``log p_{t_min}(x) = log p_prior(x_e) + int_{lambda_s}^{lambda_e} div F(x_lambda, lambda) dlambda``
+    with ``F`` of :func:`pf_velocity` (I20), integrated in the log-SNR clock from the data end
+    ``lambda_s = lambda(t_min)`` down to the prior end ``lambda_e = lambda(t_max)``.  With the
+    exact score, exact trace and the exact prior ``log q_{t_max}`` this reproduces
+    ``log q_{t_min}(x)`` to solver tolerance (tested to 1e-5 nats for LiYan, VPLinear, SubVP and VE).
+
+    By default the interval is :func:`densityformula.models.log_snr_interval` of the model
+    (docs/math.md section 10, I24): the model's ``valid_log_snr`` (for a network, the range it was
+    trained on; the whole line for an analytic model) intersected with the schedule's finite
+    log-SNR range.  An interval asked for explicitly that leaves ``valid_log_snr`` is integrated
+    as asked, with a ``RuntimeWarning``.
 
     Args:
-        model: any :class:`DiffusionModel`; ``x`` lives in its coordinates at ``t_start``.
+        model: any :class:`DiffusionModel`; ``x`` lives in its coordinates at ``t_min``.
         x: ``(n, d)`` points.
         rtol, atol: solver tolerances (state = ``x`` and the accumulated log-density).
         method: a ``torchdiffeq`` method (``solver="batch"``); ``solver="per_point"`` is dopri5.
@@ -98,16 +146,24 @@ def probability_flow(
             out of the error norm, so the steps depend only on the path of ``x`` and the
             estimate is exactly unbiased for the exact-trace integral on those steps.
         n_probes, probe: Hutchinson settings (``probe`` in ``{"rademacher", "gaussian"}``).
-        prior: ``"gaussian"`` = ``N(0, sigma(t_end)^2 I)`` (the forward marginal with the
-            ``alpha x_0`` term dropped; it is the exact ``q_{t_end}`` only when ``alpha = 0``), or a
-            callable ``prior(x_e, t_e) -> (n,)`` log-density, e.g. the exact marginal
-            ``lambda x, t: target.log_prob(x, t=t, schedule=model.schedule)``.
-        t_start, t_end: model times (floats or ``(n,)`` tensors); default ``t_min`` / ``t_max``.
-            A log-SNR beyond ``lambda_clip = (lo, hi)`` (``+-inf`` for LiYan and VP at the
-            ends) is clipped to it: at ``lambda = 25``, ``sigma^2 = 1.4e-11``; at
-            ``lambda = -40``, ``alpha = 2e-9`` (LiYan's ``t`` rounds to exactly 1 there, so
-            ``N(0, I)`` is its exact prior).  The times actually used are in
-            ``extras["t_start"]`` and ``extras["t_end"]``.
+        prior: the log-density at the prior end: ``"gaussian"`` = ``N(0, sigma(t_max)^2 I)`` (the
+            forward marginal with the ``alpha x_0`` term dropped; it is the exact ``q_{t_max}`` only
+            when ``alpha = 0``); an object with ``log_prob(x)`` (e.g. ``gmm.marginal(schedule, t)``);
+            a callable of ``x`` (e.g. ``gmm.marginal(schedule, t).log_prob``); or a callable of
+            ``(x, t)``, called with the model times ``t`` (``(n,)``) of the prior end, e.g. the exact
+            marginal ``lambda x, t: target.log_prob(x, t, model.schedule)``.  A callable gets ``t``
+            when it has two required positional parameters (checked up front; ``TypeError``
+            listing the forms otherwise).
+        t_min, t_max: model times (floats or ``(n,)`` tensors) of the data end (where ``x`` lives
+            and the likelihood is evaluated) and of the prior end; default the ends of
+            ``log_snr_interval(model)``.  An infinite log-SNR (LiYan and VP at the ends) is
+            replaced by the schedule's finite end (``Schedule.LOG_SNR_CLIP = (-40, 25)``: at
+            ``lambda = 25``, ``sigma^2 = 1.4e-11``; at ``lambda = -40``, ``alpha = 2e-9``, where
+            LiYan's ``t`` rounds to exactly 1, so ``N(0, I)`` is its exact prior).  The interval
+            used is in ``extras["log_snr_interval"]``, its times in ``extras["t_min"]`` and
+            ``extras["t_max"]``.
+        t_start, t_end: old names of ``t_min`` and ``t_max`` (same meaning).
+        lambda_clip: optional ``(lo, hi)``: the log-SNRs of both ends are clipped into it.
         solver: ``"batch"``: one ``torchdiffeq.odeint`` solve for all points with one shared
             step sequence (see ``error_norm``); the steps depend on the batch.  ``"per_point"``: the
             batched per-point Dormand--Prince of :mod:`._ode`; each point has its own steps,
@@ -128,14 +184,16 @@ def probability_flow(
         and, for Hutchinson, the standard error over the ``n_probes`` probes, each carried as its
         own integral (``inf`` for one probe: there is no spread to estimate it from); ``nfe`` = model evaluations per
         point (max over points for ``"per_point"``); ``extras``: ``"prior_logp"``,
-        ``"delta_logp"``, ``"x_end"``, ``"t_start"``, ``"t_end"``, ``"lambda_start"``,
-        ``"lambda_end"``, ``"nfe_per_point"`` (and ``"delta_logp_per_probe"`` for Hutchinson).
+        ``"delta_logp"``, ``"x_end"``, ``"t_min"`` and ``"t_max"`` (``(n,)`` model times of the data
+        and prior ends; also under their old names ``"t_start"``, ``"t_end"``), ``"lambda_start"``,
+        ``"lambda_end"`` (their log-SNRs), ``"log_snr_interval"`` (``(min lambda_end, max
+        lambda_start)``), ``"nfe_per_point"`` (and ``"delta_logp_per_probe"`` for Hutchinson).
     """
     tic = time.perf_counter()
-    if not isinstance(model, DiffusionModel):
-        raise TypeError(f"model must be a DiffusionModel, got {type(model).__name__}")
+    model = check_model(model)
     if not isinstance(x, Tensor) or x.ndim != 2 or not x.dtype.is_floating_point:
-        raise ValueError(f"x must be a floating tensor of shape (n, d), got {getattr(x, 'shape', type(x))}")
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a floating tensor of shape (n, d), got {got}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or inf")
     for name, tol in (("rtol", rtol), ("atol", atol)):
@@ -149,8 +207,7 @@ def probability_flow(
         raise ValueError(f"n_probes must be a positive int, got {n_probes!r}")
     if probe not in ("rademacher", "gaussian"):
         raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
-    if not (isinstance(prior, str) and prior == "gaussian") and not callable(prior):
-        raise ValueError(f"prior must be 'gaussian' or a callable prior(x, t) -> (n,), got {prior!r}")
+    prior_fn = as_log_density(prior, "prior", strings=("gaussian",))
     if error_norm not in ("max", "rms"):
         raise ValueError(f"error_norm must be 'max' or 'rms', got {error_norm!r}")
     if solver == "per_point" and method != "dopri5":
@@ -161,24 +218,29 @@ def probability_flow(
     sched = model.schedule
     n, d = x.shape
     dev, dtype = x.device, x.dtype
-    clip_lo, clip_hi = float(lambda_clip[0]), float(lambda_clip[1])
-    lam_s = _resolve_lambda(sched, t_start, sched.t_min, clip_hi, "t_start", lo=False).to(dev)
-    lam_e = _resolve_lambda(sched, t_end, sched.t_max, -clip_lo, "t_end", lo=True).to(dev)
-    if t_end is None and not isinstance(model, AnalyticModel) and float(lam_e.min()) < _TRAINED_LAMBDA_MIN:
-        warnings.warn(
-            f"probability_flow integrates this model down to log-SNR {float(lam_e.min()):.3g} (the default "
-            f"t_end); a trained network is rarely accurate below about {_TRAINED_LAMBDA_MIN:g}, and that "
-            "error enters the likelihood. Pass t_end (e.g. densityformula.sampling.default_t_start(schedule)) "
-            "to stop where the network was trained.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    t_lo, lo_name = _alias(t_min, t_start, "t_min", "t_start")
+    t_hi, hi_name = _alias(t_max, t_end, "t_max", "t_end")
+    clip: Optional[Tuple[float, float]] = None
+    if lambda_clip is not None:
+        try:
+            clip = (float(lambda_clip[0]), float(lambda_clip[1]))
+        except (TypeError, ValueError, IndexError) as exc:
+            raise TypeError(f"lambda_clip must be a pair of floats (lo, hi), got {lambda_clip!r}") from exc
+        if not clip[0] < clip[1]:
+            raise ValueError(f"lambda_clip must be (lo, hi) with lo < hi, got {lambda_clip!r}")
+    default_lo, default_hi = log_snr_interval(model)
+    lam_s = _end_lambda(sched, t_lo, default_hi, clip, lo_name).to(dev)
+    lam_e = _end_lambda(sched, t_hi, default_lo, clip, hi_name).to(dev)
     lam_s_n = lam_s.expand(n) if lam_s.ndim == 0 else lam_s
     lam_e_n = lam_e.expand(n) if lam_e.ndim == 0 else lam_e
     if lam_s_n.shape != (n,) or lam_e_n.shape != (n,):
-        raise ValueError(f"t_start and t_end must be scalars or have shape ({n},)")
+        raise ValueError(f"{lo_name} and {hi_name} must be scalars or have shape ({n},)")
     if bool((lam_e_n > lam_s_n).any()):
-        raise ValueError("t_end must not be earlier (noisier-to-cleaner) than t_start")
+        raise ValueError(f"{hi_name} must not be earlier (noisier-to-cleaner) than {lo_name}")
+    interval = (float(lam_e_n.min()), float(lam_s_n.max())) if n else (default_lo, default_hi)
+    if t_lo is not None or t_hi is not None or clip is not None:
+        asked = ", ".join(nm for nm, v in ((lo_name, t_lo), (hi_name, t_hi), ("lambda_clip", clip)) if v is not None)
+        _warn_outside_valid(model, interval[0], interval[1], f"from {asked}")
 
     probes = None
     if trace == "hutchinson":
@@ -197,8 +259,7 @@ def probability_flow(
 
         def func_pp(lam: Tensor, y: Tensor, idx: Tensor) -> Tensor:
             pr = probes[:, idx] if probes is not None else None
-            F, div = pf_velocity(model, y[:, :d], lam, trace=trace, probes=pr)
-            return torch.cat([F, div.reshape(div.shape[0], -1)], 1)
+            return _augmented(model, y, lam, d, trace, pr)
 
         y1, nfe_pp, iters = dopri5_per_point(
             func_pp, y0, lam_s_n.double(), lam_e_n.double(), rtol=rtol, atol=atol, err_cols=err_cols,
@@ -230,13 +291,11 @@ def probability_flow(
     x_end, deltas = y1[:, :d], y1[:, d:]
     delta = deltas.mean(1)
     t_end_used = sched.t_from_log_snr(lam_e_n.double())
-    if isinstance(prior, str):
+    if isinstance(prior_fn, LogDensity):
+        prior_logp = prior_fn(x_end, t_end_used)
+    else:  # "gaussian"
         s2e = sched.sigma2(t_end_used).to(dtype)
         prior_logp = -0.5 * (d * (_LOG_2PI + torch.log(s2e)) + (x_end**2).sum(-1) / s2e)
-    else:
-        prior_logp = prior(x_end, t_end_used)
-        if not isinstance(prior_logp, Tensor) or prior_logp.shape != (n,):
-            raise ValueError(f"prior(x, t) must return a tensor of shape ({n},)")
     value = prior_logp.to(dtype) + delta
     if not bool(torch.isfinite(value).all()):
         raise FloatingPointError("probability_flow produced a non-finite log-density")
@@ -249,14 +308,18 @@ def probability_flow(
         else:
             stderr = torch.full_like(value, math.inf)
         extras["delta_logp_per_probe"] = deltas
+    t_start_used = sched.t_from_log_snr(lam_s_n.double())
     extras.update(
         prior_logp=prior_logp,
         delta_logp=delta,
         x_end=x_end,
-        t_start=sched.t_from_log_snr(lam_s_n.double()),
+        t_min=t_start_used,
+        t_max=t_end_used,
+        t_start=t_start_used,
         t_end=t_end_used,
         lambda_start=lam_s_n,
         lambda_end=lam_e_n,
+        log_snr_interval=interval,
         nfe_per_point=nfe_per_point,
     )
     return Estimate(
@@ -268,7 +331,15 @@ def probability_flow(
     )
 
 
-def _first_step(func: Callable, grid: Tensor, y0: Tensor, rtol: float, atol: float, norm: Callable, order: int) -> float:
+def _first_step(
+    func: Callable[[Tensor, Tensor], Tensor],
+    grid: Tensor,
+    y0: Tensor,
+    rtol: float,
+    atol: float,
+    norm: Callable[[Tensor], Tensor],
+    order: int,
+) -> float:
     """Hairer's initial step with the fallback of :func:`._ode.initial_h0` (2 evaluations)."""
     from ._ode import initial_h0
 
@@ -319,24 +390,25 @@ def _solve_torchdiffeq(
             return torch.sqrt((v**2).mean())
         return torch.sqrt((v**2).mean(-1)).max()
 
+    func: Callable[[Tensor, Tensor], Tensor]
     if same:
-        def func(lam: Tensor, y: Tensor) -> Tensor:
+        def func_lam(lam: Tensor, y: Tensor) -> Tensor:
             counter[0] += 1
-            F, div = pf_velocity(model, y[:, :d], lam.to(torch.float64), trace=trace, probes=probes)
-            return torch.cat([F, div.reshape(n, -1)], 1)
+            return _augmented(model, y, lam.to(torch.float64), d, trace, probes)
 
+        func = func_lam
         grid = torch.stack([lam_s[0], lam_e[0]]).double()
         if return_trajectory:
             grid = torch.linspace(float(lam_s[0]), float(lam_e[0]), n_trajectory, dtype=torch.float64)
     else:
         span = (lam_e - lam_s).double()
 
-        def func(s: Tensor, y: Tensor) -> Tensor:
+        def func_s(s: Tensor, y: Tensor) -> Tensor:
             counter[0] += 1
             lam = lam_s.double() + s.double() * span
-            F, div = pf_velocity(model, y[:, :d], lam, trace=trace, probes=probes)
-            return torch.cat([F, div.reshape(n, -1)], 1) * span.to(y.dtype)[:, None]
+            return _augmented(model, y, lam, d, trace, probes) * span.to(y.dtype)[:, None]
 
+        func = func_s
         grid = torch.tensor([0.0, 1.0], dtype=torch.float64)
         if return_trajectory:
             grid = torch.linspace(0.0, 1.0, n_trajectory, dtype=torch.float64)
@@ -357,8 +429,8 @@ def _solve_torchdiffeq(
             raise RuntimeError(
                 "probability_flow: the adaptive step size underflowed: the model's velocity is too stiff "
                 "somewhere on the path (typically a network evaluated far outside the log-SNR range it was "
-                "trained on, or low precision). Pass t_end / lambda_clip inside the trained range, use "
-                "float64 inputs, or loosen rtol/atol."
+                "trained on, or low precision). Leave t_min/t_max unset (the default is the model's valid "
+                "log-SNR range) or pass them inside the trained range, use float64 inputs, or loosen rtol/atol."
             ) from exc
     traj = None
     if return_trajectory:

@@ -1,7 +1,8 @@
 """The exact output density of a model's sampler in 1-D, by propagation on a grid (I13).
 
 For a sampler with Gaussian steps ``x_{k-1} = mu_k(x_k) + sqrt(v_k) z`` (DDPM ancestral, or
-Euler--Maruyama for the reverse SDE; see :mod:`._kernels`) and prior ``p_K = N(0, P)``,
+Euler--Maruyama for the reverse SDE; the kernels of :mod:`densityformula.reverse`, I15 / I17) and
+prior ``p_K`` (``N(0, P)`` by default),
 
     p_{k-1}(y) = int N(y; mu_k(x), v_k) p_k(x) dx,
 
@@ -20,9 +21,11 @@ from typing import Any, Optional
 
 import torch
 
-from ..models import DiffusionModel
+from .. import reverse
+from .._validation import LogDensity, as_log_density, model_dtype_device
+from ..models import DiffusionModel, check_model
+from ..reverse import ReverseKernels
 from ..schedules import Discrete
-from ._kernels import ReverseKernels, sampler_kernels
 
 Tensor = torch.Tensor
 
@@ -92,11 +95,14 @@ def sampler_density_1d(
     times: Optional[Any] = None,
     decoder_variance: Optional[float] = None,
     prior_var: Optional[float] = None,
+    prior: object = None,
+    dtype: Optional[torch.dtype] = None,
+    device: Any = None,
 ) -> SamplerDensity1D:
     """The exact output density of the model's sampler in 1-D (I13).
 
-    ``p_{k-1}(y) = int N(y; a_k x + c_k D_k(x), v_k) p_k(x) dx`` from ``p_K = N(0, P)`` to
-    ``p_0``, with the kernels of the DDPM ancestral sampler used by
+    ``p_{k-1}(y) = int N(y; a_k x + c_k D_k(x), v_k) p_k(x) dx`` from ``p_K`` (default
+    ``N(0, P)``) to ``p_0``, with the kernels of the DDPM ancestral sampler used by
     :func:`densityformula.elbo.ddpm` (same mean function, same variances, same prior, so that
     ``elbo.ddpm(x) <= log p_0(x)`` can be checked pointwise, I9), or of Euler--Maruyama.
 
@@ -108,15 +114,22 @@ def sampler_density_1d(
             deviation ``sqrt(v_1)`` (a ``ValueError`` is raised when ``h > sqrt(min v)``).
         sampler: ``"ddpm"`` or ``"euler_maruyama"`` (then ``times``: the model-schedule time grid,
             and ``prior_var`` defaults to ``alpha^2 + sigma^2`` at the largest time).
+        prior: the law of ``x_K``: ``None`` or ``"gaussian"`` (``N(0, prior_var)``), an object with
+            ``log_prob(x)``, a callable of ``x`` or a callable of ``(x, t)`` (``x``: ``(G, 1)`` grid
+            points; ``t``: the model-schedule time of the first step, ``kernels.model_t[-1]``, as
+            ``(G,)``), e.g. ``gmm.marginal(schedule, T).log_prob`` for the exact ``q_T``.
+        dtype, device: of the grid; default the model's (float64 on the CPU for a model that
+            states neither).
     """
-    if not isinstance(model, DiffusionModel):
-        raise TypeError(f"model must be a DiffusionModel, got {type(model).__name__}")
-    kern = sampler_kernels(
+    model = check_model(model)
+    prior_fn = as_log_density("gaussian" if prior is None else prior, "prior", strings=("gaussian",))
+    if isinstance(prior_fn, LogDensity) and prior_var is not None:
+        raise ValueError("prior_var sets the Gaussian prior; give prior or prior_var, not both")
+    kern = reverse.sampler_kernels(
         model, sampler, schedule=schedule, variance=variance, decoder_variance=decoder_variance,
         prior_var=prior_var, times=times,
     )
-    dtype = getattr(model, "dtype", torch.float64)
-    device = getattr(model, "device", torch.device("cpu"))
+    dtype, device = model_dtype_device(model, dtype, device)
     if grid is None:
         grid = torch.linspace(-8.0, 8.0, 1601, dtype=dtype, device=device)
     if not isinstance(grid, Tensor) or grid.ndim != 1 or grid.numel() < 3:
@@ -133,8 +146,15 @@ def sampler_density_1d(
         )
     logh = math.log(h)
     g2 = grid[:, None]
-    P = kern.prior_var
-    logp = -0.5 * (_LOG_2PI + math.log(P)) - 0.5 * grid**2 / P
+    if isinstance(prior_fn, LogDensity):
+        t_K = kern.model_t[-1].to(device).expand(grid.shape[0])
+        with torch.no_grad():
+            logp = prior_fn(g2, t_K).to(dtype)
+        if not bool((logp < math.inf).all()) or bool(torch.isnan(logp).any()):
+            raise ValueError("prior returned NaN or +inf on the grid")
+    else:
+        P = kern.prior_var
+        logp = -0.5 * (_LOG_2PI + math.log(P)) - 0.5 * grid**2 / P
     with torch.no_grad():
         for k in range(kern.K, 1, -1):
             mu = kern.mean(g2, k)[:, 0]

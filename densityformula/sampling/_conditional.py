@@ -12,17 +12,22 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .. import parameterization as P
-from ..models import DiffusionModel
+from .._validation import TimeLike
+from ..models import DiffusionModel, check_model
 from ..schedules import Schedule
-from ._grid import check_x, prior_sample
+from ..targets import GaussianMixture
+from ._grid import check_times, check_x, default_times, infer_dtype_device, model_shape, prior_sample, resolve_alias
+from ._run import Sampler, SamplerOutput
 
 Tensor = torch.Tensor
-LogLikelihood = Callable[[Tensor, float], Tensor]
+LogLikelihood = Callable[[Tensor, TimeLike], Tensor]
+#: labels, masks and values: a tensor or a (nested) sequence of numbers
+ArrayLike = Union[Tensor, Sequence[Any], int, float]
 
 __all__ = ["GuidedModel", "gmm_class_log_likelihood", "gmm_inpainting_log_likelihood", "inpaint"]
 
@@ -41,8 +46,7 @@ class GuidedModel(DiffusionModel):
     """
 
     def __init__(self, model: DiffusionModel, log_likelihood: LogLikelihood, scale: float = 1.0) -> None:
-        if not callable(getattr(model, "denoise", None)) or getattr(model, "schedule", None) is None:
-            raise TypeError(f"model must be a DiffusionModel, got {type(model).__name__}")
+        model = check_model(model)
         if not callable(log_likelihood):
             raise TypeError("log_likelihood must be callable (x_t, t) -> (n,)")
         scale = float(scale)
@@ -54,21 +58,29 @@ class GuidedModel(DiffusionModel):
         self.scale = scale
 
     @property
-    def dtype(self) -> Optional[torch.dtype]:
-        return getattr(self.base, "dtype", None)
+    def valid_log_snr(self) -> Tuple[float, float]:
+        """The base model's valid log-SNR range (guidance adds an exact likelihood gradient)."""
+        return self.base.valid_log_snr
 
     @property
-    def device(self) -> Optional[torch.device]:
-        return getattr(self.base, "device", None)
+    def dtype(self) -> torch.dtype:
+        """The base model's dtype (float64 when it states none)."""
+        return infer_dtype_device(self.base, None, None)[0]
+
+    @property
+    def device(self) -> torch.device:
+        """The base model's device (CPU when it states none)."""
+        return infer_dtype_device(self.base, None, None)[1]
 
     @property
     def d(self) -> Optional[int]:
-        d = getattr(self.base, "d", None)
-        if d is None and getattr(self.base, "target", None) is not None:
-            d = self.base.target.d
-        return d
+        """The base model's data dimension, if it states one."""
+        try:
+            return model_shape(self.base)[0]
+        except ValueError:
+            return None
 
-    def guidance(self, x_t: Tensor, t: Any) -> Tensor:
+    def guidance(self, x_t: Tensor, t: TimeLike) -> Tensor:
         """``scale * grad_x log_likelihood(x_t, t)`` (autograd), same shape as ``x_t``."""
         with torch.enable_grad():
             xr = x_t.detach().requires_grad_(True)
@@ -80,16 +92,16 @@ class GuidedModel(DiffusionModel):
             raise FloatingPointError(f"the guidance gradient is not finite at t={t}")
         return self.scale * g
 
-    def score(self, x_t: Tensor, t: Any) -> Tensor:
+    def score(self, x_t: Tensor, t: TimeLike) -> Tensor:
         """Guided score ``grad log q_t(x) + scale grad log p(y | x_t)`` (Song et al. eq. 48)."""
         return self.base.score(x_t, t) + self.guidance(x_t, t)
 
-    def eps(self, x_t: Tensor, t: Any) -> Tensor:
+    def eps(self, x_t: Tensor, t: TimeLike) -> Tensor:
         """Guided noise prediction ``eps - sigma * guidance`` (I1)."""
         _, s = self._scales(x_t, t)
         return self.base.eps(x_t, t) + P.score_to_eps(self.guidance(x_t, t), s)
 
-    def denoise(self, x_t: Tensor, t: Any) -> Tensor:
+    def denoise(self, x_t: Tensor, t: TimeLike) -> Tensor:
         """Guided denoiser from the guided noise prediction (I1): ``(x_t - sigma eps_g) / alpha``."""
         a, s = self._scales(x_t, t)
         if bool((a == 0).any()):
@@ -108,10 +120,11 @@ def _gauss_logpdf(x: Tensor, mean: Tensor, cov: Tensor) -> Tensor:
     z = torch.linalg.solve_triangular(L[None], diff[..., None], upper=False)[..., 0]
     logdet = 2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
     d = x.shape[1]
-    return -0.5 * (d * _LOG_2PI + logdet[None] + (z * z).sum(-1))
+    out: Tensor = -0.5 * (d * _LOG_2PI + logdet[None] + (z * z).sum(-1))
+    return out
 
 
-def _marginal_parts(schedule: Schedule, t: Any) -> "tuple[float, float]":
+def _marginal_parts(schedule: Schedule, t: TimeLike) -> Tuple[float, float]:
     """``(alpha_t, sigma_t^2)`` at one time ``t`` (the samplers call models with a Python float)."""
     if isinstance(t, torch.Tensor) and t.numel() != 1:
         raise ValueError("the mixture likelihoods take one time t for the whole batch")
@@ -121,7 +134,7 @@ def _marginal_parts(schedule: Schedule, t: Any) -> "tuple[float, float]":
     return a, s2
 
 
-def gmm_class_log_likelihood(gmm: Any, schedule: Schedule, y: Any) -> LogLikelihood:
+def gmm_class_log_likelihood(gmm: GaussianMixture, schedule: Schedule, y: ArrayLike) -> LogLikelihood:
     """The exact classifier of a mixture: ``log p(k = y | X_t = x) = log r_y(x, t)`` (I3), the log of
     the component posterior of ``q_t`` (docs/math.md section 3), as a function ``(x_t, t) -> (n,)``.
 
@@ -135,7 +148,7 @@ def gmm_class_log_likelihood(gmm: Any, schedule: Schedule, y: Any) -> LogLikelih
     if bool((yt < 0).any()) or bool((yt >= K).any()):
         raise ValueError(f"y must lie in [0, {K}), got {yt}")
 
-    def log_lik(x: Tensor, t: Any) -> Tensor:
+    def log_lik(x: Tensor, t: TimeLike) -> Tensor:
         a, s2 = _marginal_parts(schedule, t)
         cov = (a * a) * gmm.covs + s2 * torch.eye(gmm.d, dtype=gmm.dtype, device=gmm.device)
         joint = gmm.log_weights[None] + _gauss_logpdf(x, a * gmm.means, cov)  # (n, K)
@@ -147,7 +160,7 @@ def gmm_class_log_likelihood(gmm: Any, schedule: Schedule, y: Any) -> LogLikelih
     return log_lik
 
 
-def _mask_values(gmm: Any, mask: Any, values: Any):
+def _mask_values(gmm: GaussianMixture, mask: ArrayLike, values: ArrayLike) -> Tuple[Tensor, Tensor]:
     m = torch.as_tensor(mask, device=gmm.device)
     if m.dtype != torch.bool or m.shape != (gmm.d,):
         raise TypeError(f"mask must be a bool tensor of shape ({gmm.d},), got {m.dtype} {tuple(m.shape)}")
@@ -164,7 +177,9 @@ def _mask_values(gmm: Any, mask: Any, values: Any):
     return m, v
 
 
-def gmm_inpainting_log_likelihood(gmm: Any, schedule: Schedule, mask: Any, values: Any) -> LogLikelihood:
+def gmm_inpainting_log_likelihood(
+    gmm: GaussianMixture, schedule: Schedule, mask: ArrayLike, values: ArrayLike
+) -> LogLikelihood:
     """``log q(X_0[mask] = values | X_t = x)`` of a mixture, a function ``(x_t, t) -> (n,)``.
 
     ``(X_0[known], X_t)`` is a mixture with components ``N((mu_kn, alpha mu), [[S_kn,kn, alpha S_kn,:],
@@ -180,7 +195,7 @@ def gmm_inpainting_log_likelihood(gmm: Any, schedule: Schedule, mask: Any, value
     S_k_all = S[:, m, :]  # (K, nk, d)
     eye = torch.eye(gmm.d, dtype=gmm.dtype, device=gmm.device)
 
-    def log_lik(x: Tensor, t: Any) -> Tensor:
+    def log_lik(x: Tensor, t: TimeLike) -> Tensor:
         a, s2 = _marginal_parts(schedule, t)
         if s2 <= 0.0:
             raise ValueError(f"the inpainting likelihood is singular at t={t} where sigma_t = 0")
@@ -199,11 +214,11 @@ def gmm_inpainting_log_likelihood(gmm: Any, schedule: Schedule, mask: Any, value
 
 def inpaint(
     model: DiffusionModel,
-    mask: Any,
-    values: Any,
+    mask: ArrayLike,
+    values: ArrayLike,
     x_T: Optional[Tensor] = None,
     *,
-    sampler: Union[str, Callable[..., Tensor]] = "ddpm",
+    sampler: Union[str, Callable[..., SamplerOutput]] = "ddpm",
     method: str = "replacement",
     log_likelihood: Optional[LogLikelihood] = None,
     n: Optional[int] = None,
@@ -217,17 +232,19 @@ def inpaint(
     ``alpha_s values + sigma_s z``.  This is an approximation: the unknown coordinates follow the
     joint score at a random noisy version of the known ones instead of the conditional score; its
     bias is measured in ``docs/bench_sampling.md`` (it vanishes when known and unknown coordinates
-    are independent).  Needs a step-based sampler (not ``probability_flow``).
+    are independent).  Needs a step-based sampler (``sampler.step_based``; not ``probability_flow``).
 
     ``method="guidance"``: sample from ``GuidedModel(model, log_likelihood)`` where
     ``log_likelihood(x, t) = log q(X_0[known] = values | X_t = x)`` -- exact when it is exact, e.g.
     :func:`gmm_inpainting_log_likelihood` for a mixture.
 
     The known coordinates of the output are set to ``values``.  Other keyword arguments go to the
-    sampler (``steps``, ``t_end``, ...).
+    sampler (``steps``, ``t_min``, ``times``, ...); by default every sampler starts at
+    ``default_times(model)[0]``.
     """
     from ._samplers import SAMPLERS
 
+    model = check_model(model)
     if isinstance(sampler, str):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {tuple(SAMPLERS)} or a callable, got {sampler!r}")
@@ -243,14 +260,8 @@ def inpaint(
     if x_T is None:
         if n is None:
             raise ValueError("give x_T or n")
-        t0 = sampler_kwargs.get("t_start")
-        if t0 is None:
-            from ._grid import default_t_start
-
-            t0 = default_t_start(model.schedule)
-            sampler_kwargs["t_start"] = t0
         x_T = prior_sample(
-            model, n, t=t0, shape=(m.shape[0],), generator=generator,
+            model, n, t=_start_time(model, sampler_kwargs), shape=(m.shape[0],), generator=generator,
             dtype=sampler_kwargs.pop("dtype", None), device=sampler_kwargs.pop("device", None),
         )
     check_x(x_T, "x_T")
@@ -263,11 +274,14 @@ def inpaint(
     if v.shape != (nk,):
         raise ValueError(f"values must have shape ({nk},) or ({m.shape[0]},), got {tuple(v.shape)}")
     schedule = model.schedule
+    if sampler_kwargs.get("return_info"):
+        raise ValueError("inpaint returns the samples only; call the sampler itself for return_info")
     if method == "replacement":
         if log_likelihood is not None:
             raise ValueError("log_likelihood is only used with method='guidance'")
-        if getattr(sampler, "__name__", "") == "probability_flow":
-            raise ValueError("replacement inpainting needs a step-based sampler, not probability_flow")
+        # a user's callable is taken to be step-based (it must accept post_step)
+        if isinstance(sampler, Sampler) and not sampler.step_based:
+            raise ValueError(f"replacement inpainting needs a step-based sampler, not {sampler.__name__}")
 
         def post_step(x: Tensor, t: float) -> Tensor:
             tt = torch.tensor(t, dtype=torch.float64)
@@ -277,13 +291,25 @@ def inpaint(
             x[:, m] = a * v + s * z
             return x
 
-        out = sampler(model, x_T, generator=generator, post_step=post_step, **sampler_kwargs)
+        res = sampler(model, x_T, generator=generator, post_step=post_step, **sampler_kwargs)
     elif method == "guidance":
         if log_likelihood is None:
             raise ValueError("method='guidance' needs log_likelihood (e.g. gmm_inpainting_log_likelihood)")
-        out = sampler(GuidedModel(model, log_likelihood), x_T, generator=generator, **sampler_kwargs)
+        res = sampler(GuidedModel(model, log_likelihood), x_T, generator=generator, **sampler_kwargs)
     else:
         raise ValueError(f"method must be 'replacement' or 'guidance', got {method!r}")
-    out = out.clone()
+    out = (res if isinstance(res, Tensor) else res[0]).clone()
     out[:, m] = v
     return out
+
+
+def _start_time(model: DiffusionModel, kwargs: Dict[str, Any]) -> float:
+    """The sampler's start time for the prior draw; when none is given it is fixed in ``kwargs``."""
+    times = kwargs.get("times")
+    if times is not None:
+        return float(check_times(model.schedule, times)[0])
+    t0 = resolve_alias(kwargs.get("t_max"), kwargs.get("t_start"), "t_max", "t_start")
+    if t0 is None:
+        t0 = default_times(model)[0]
+        kwargs["t_start"] = t0  # the alias: also understood by callables written before t_max
+    return float(t0)

@@ -1,18 +1,22 @@
-"""Time grids, priors and argument handling shared by every sampler (private).
+"""Time grids, the default sampling interval, priors and argument checks shared by every sampler.
 
-A sampler walks a strictly decreasing grid ``t_0 = t_start > t_1 > ... > t_N = t_end`` of the
-model's schedule.  The grid and every coefficient on it are computed once, in float64 on the
-CPU, and handed to the step functions as Python floats, so the samplers run unchanged on any
-device and in any floating dtype.
+A sampler walks a strictly decreasing grid ``t_0 = t_max > t_1 > ... > t_N = t_min`` of the
+model's schedule (``t_max``: the noisy end, where sampling starts; ``t_min``: the data end, where it
+stops).  :func:`time_grid` builds it (k-diffusion's ``get_sigmas_*``), :func:`default_times` gives
+its default ends for a model (docs/math.md section 10, I24).  The grid and every coefficient on it
+are computed once, in float64 on the CPU, and handed to the steps as Python floats, so the samplers
+run unchanged on any device and in any floating dtype.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Integral
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..models import DiffusionModel, check_model, log_snr_interval
 from ..schedules import Discrete, LiYan, Schedule
 
 Tensor = torch.Tensor
@@ -26,7 +30,7 @@ LAM_MIN = -10.0
 LAM_MAX = 10.0
 
 
-def _finite_float(value: Any, name: str) -> float:
+def _finite_float(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
         isinstance(value, Tensor) and value.numel() == 1
     ):
@@ -41,19 +45,76 @@ def _lam(schedule: Schedule, t: float) -> float:
     return float(schedule.log_snr(torch.tensor(t, dtype=torch.float64)))
 
 
+def _t_of(schedule: Schedule, lam: float) -> float:
+    return float(schedule.t_from_log_snr(torch.tensor(lam, dtype=torch.float64)))
+
+
+def infinite_coefficients(schedule: Schedule, t: float) -> bool:
+    """Whether the reverse SDE's drift ``f`` or ``g^2`` (or the log-SNR) is infinite at ``t``
+    (LiYan and VPCosine at ``t = 1``), where Euler--Maruyama-type steps cannot start."""
+    tt = torch.tensor(t, dtype=torch.float64)
+    vals = (float(schedule.drift(tt)), float(schedule.g2(tt)), _lam(schedule, t))
+    return not all(math.isfinite(v) for v in vals)
+
+
 def default_t_start(schedule: Schedule, *, finite_coefficients: bool = True, lam_min: float = LAM_MIN) -> float:
     """``t_max``, or the time where the log-SNR equals ``lam_min`` when ``finite_coefficients`` is
     asked for and the SDE's drift ``f`` or ``g^2`` is infinite at ``t_max`` (LiYan at ``t = 1``)."""
     t = schedule.t_max
-    if not finite_coefficients:
-        return t
-    tt = torch.tensor(t, dtype=torch.float64)
-    if math.isfinite(float(schedule.drift(tt))) and math.isfinite(float(schedule.g2(tt))) and math.isfinite(
-        _lam(schedule, t)
-    ):
+    if not finite_coefficients or not infinite_coefficients(schedule, t):
         return t
     lo, _ = schedule.log_snr_range
-    return float(schedule.t_from_log_snr(torch.tensor(max(lam_min, lo), dtype=torch.float64)))
+    return _t_of(schedule, max(lam_min, lo))
+
+
+def default_times(model: DiffusionModel) -> Tuple[float, float]:
+    """``(t_max, t_min)``: where a sampler of ``model`` starts and stops by default (I24).
+
+    The times of :func:`densityformula.models.log_snr_interval` (the model's ``valid_log_snr``
+    within its schedule's range) at each end where the model's valid range is finite; at an end
+    where the model is valid over the whole schedule (an analytic model: both ends) the schedule's
+    own end -- ``schedule.t_min`` at the data end (an infinite log-SNR there is bridged in one
+    step) and :func:`default_t_start` at the noisy end (``schedule.t_max``, or log-SNR
+    :data:`LAM_MIN` where the reverse SDE's coefficients are infinite at ``t_max``, LiYan and
+    VPCosine).  A start with infinite coefficients inside the model's range moves to log-SNR
+    :data:`LAM_MIN` likewise.
+    """
+    model = check_model(model)
+    sched = model.schedule
+    lo, hi = log_snr_interval(model)  # ValueError if the model's range misses the schedule's
+    valid_lo, valid_hi = model.valid_log_snr
+    if math.isfinite(valid_lo):
+        t_max = _t_of(sched, lo)
+        if infinite_coefficients(sched, t_max):
+            t_max = _t_of(sched, max(lo, LAM_MIN))
+    else:
+        t_max = default_t_start(sched)
+    t_min = _t_of(sched, hi) if math.isfinite(valid_hi) else sched.t_min
+    return t_max, t_min
+
+
+def resolve_alias(value: Optional[float], alias: Optional[float], name: str, alias_name: str) -> Optional[float]:
+    """``value`` or its old name ``alias`` (``ValueError`` when both are given)."""
+    if alias is None:
+        return value
+    if value is not None:
+        raise ValueError(f"give {name} or its alias {alias_name}, not both")
+    return alias
+
+
+def warn_outside_valid(model: DiffusionModel, times: Sequence[float], names: Sequence[str]) -> None:
+    """``RuntimeWarning`` for every time whose log-SNR lies outside ``model.valid_log_snr`` (I24)."""
+    lo, hi = model.valid_log_snr
+    for t, name in zip(times, names):
+        lam = _lam(model.schedule, t)
+        tol = 1e-9 * max(1.0, abs(lam)) if math.isfinite(lam) else 0.0
+        if lam < lo - tol or lam > hi + tol:
+            warnings.warn(
+                f"{name}={t:.6g} has log-SNR {lam:.4g}, outside the model's valid range "
+                f"model.valid_log_snr = ({lo:.4g}, {hi:.4g}); the model is used where it was not trained",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
 
 def _default_spacing(schedule: Schedule) -> str:
@@ -65,16 +126,23 @@ def _default_spacing(schedule: Schedule) -> str:
 
 
 def time_grid(
-    schedule: Schedule,
+    schedule: Union[Schedule, DiffusionModel],
     steps: int,
     *,
-    t_start: Optional[float] = None,
-    t_end: Optional[float] = None,
+    t_max: Optional[float] = None,
+    t_min: Optional[float] = None,
     spacing: str = "auto",
     lam_min: float = LAM_MIN,
     lam_max: float = LAM_MAX,
+    t_start: Optional[float] = None,
+    t_end: Optional[float] = None,
 ) -> Tensor:
-    """A strictly decreasing float64 grid of ``steps + 1`` times from ``t_start`` to ``t_end``.
+    """A strictly decreasing float64 grid of ``steps + 1`` times from ``t_max`` down to ``t_min``.
+
+    ``schedule``: a :class:`~densityformula.schedules.Schedule` (default ends ``schedule.t_max`` and
+    ``schedule.t_min``) or a :class:`~densityformula.models.DiffusionModel` (default ends
+    :func:`default_times`, the samplers' defaults).  ``t_start`` /
+    ``t_end`` are aliases of ``t_max`` / ``t_min``.  Pass the grid to any sampler as ``times=``.
 
     Spacings (docs/math.md section 1):
 
@@ -85,24 +153,31 @@ def time_grid(
       is kept as an extra grid point, so one step bridges the clipped tail.
     - ``"rho"``: uniform in ``rho = -log alpha^2`` (LiYan: ``u = -log(1 - t)``, where the process is
       the plain OU process ``dX = -X/2 du + dB``; VPLinear: ``B(t)``).  Needs a finite ``rho`` at
-      ``t_start``.
+      ``t_max``.
     - ``"index"``: for :class:`~densityformula.schedules.Discrete`, integer steps
-      ``floor(linspace(T, 0, steps+1) + 1/2)`` (every step when ``steps == T``).
+      ``floor(linspace(t_max, t_min, steps+1) + 1/2)`` (every step when ``steps == T``).
     - ``"auto"``: ``"index"`` for Discrete, ``"log_snr"`` for LiYan, ``"t"`` otherwise.
-
-    Defaults: ``t_start = t_max`` and ``t_end = t_min``.
     """
+    t_max = resolve_alias(t_max, t_start, "t_max", "t_start")
+    t_min = resolve_alias(t_min, t_end, "t_min", "t_end")
+    if isinstance(schedule, DiffusionModel):
+        d_max, d_min = default_times(schedule)
+        schedule = schedule.schedule
+    elif isinstance(schedule, Schedule):
+        d_max, d_min = schedule.t_max, schedule.t_min
+    else:
+        raise TypeError(f"schedule must be a Schedule or a DiffusionModel, got {type(schedule).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, Integral) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     steps = int(steps)
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-    ts = schedule.t_max if t_start is None else _finite_float(t_start, "t_start")
-    te = schedule.t_min if t_end is None else _finite_float(t_end, "t_end")
+    ts = d_max if t_max is None else _finite_float(t_max, "t_max (t_start)")
+    te = d_min if t_min is None else _finite_float(t_min, "t_min (t_end)")
     if not schedule.t_min <= te < ts <= schedule.t_max:
         raise ValueError(
-            f"need t_min <= t_end < t_start <= t_max = [{schedule.t_min}, {schedule.t_max}], "
-            f"got t_start={ts}, t_end={te}"
+            f"need schedule.t_min <= t_min < t_max <= schedule.t_max = [{schedule.t_min}, {schedule.t_max}], "
+            f"got t_max (t_start)={ts}, t_min (t_end)={te}"
         )
     lam_min = _finite_float(lam_min, "lam_min")
     lam_max = _finite_float(lam_max, "lam_max")
@@ -110,42 +185,51 @@ def time_grid(
         raise ValueError(f"need lam_min < lam_max, got {lam_min}, {lam_max}")
     if spacing == "auto":
         spacing = _default_spacing(schedule)
-    f64 = dict(dtype=torch.float64)
+    f64 = torch.float64
     if spacing == "index":
         if not isinstance(schedule, Discrete):
             raise ValueError("spacing='index' needs a Discrete schedule")
         if ts != round(ts) or te != round(te):
-            raise ValueError(f"spacing='index' needs integer t_start and t_end, got {ts}, {te}")
+            raise ValueError(f"spacing='index' needs integer t_max and t_min, got {ts}, {te}")
         if steps > ts - te:
-            raise ValueError(f"steps={steps} exceeds the number of discrete steps {int(ts - te)} between t_end and t_start")
-        grid = torch.floor(torch.linspace(ts, te, steps + 1, **f64) + 0.5)
+            raise ValueError(
+                f"steps={steps} exceeds the number of discrete steps {int(ts - te)} between t_min and t_max"
+            )
+        grid = torch.floor(torch.linspace(ts, te, steps + 1, dtype=f64) + 0.5)
     elif spacing == "t":
-        grid = torch.linspace(ts, te, steps + 1, **f64)
+        grid = torch.linspace(ts, te, steps + 1, dtype=f64)
     elif spacing == "rho":
-        a2 = schedule.alpha2(torch.tensor([ts, te], **f64))
+        a2 = schedule.alpha2(torch.tensor([ts, te], dtype=f64))
         if not bool((a2 > 0).all()):
-            raise ValueError("spacing='rho' needs alpha > 0 at t_start; pass a smaller t_start")
-        rho = torch.linspace(float(-torch.log(a2[0])), float(-torch.log(a2[1])), steps + 1, **f64)
+            raise ValueError("spacing='rho' needs alpha > 0 at t_max (t_start); pass a smaller t_max")
+        rho = torch.linspace(float(-torch.log(a2[0])), float(-torch.log(a2[1])), steps + 1, dtype=f64)
         grid = _rho_to_t(schedule, rho, ts, te)
     else:  # log_snr
-        la, lb = _lam(schedule, ts), _lam(schedule, te)
-        head = not math.isfinite(la)
-        tail = not math.isfinite(lb)
-        lo = max(la, lam_min) if head else la
-        hi = min(lb, lam_max) if tail else lb
-        inner = steps + 1 - int(head) - int(tail)
-        if inner < 2 or not lo < hi:
-            raise ValueError(
-                f"steps={steps} is too few for a log-SNR grid that bridges infinite ends "
-                f"(log-SNR from {la} to {lb}, clipped to [{lo}, {hi}])"
-            )
-        lam = torch.linspace(lo, hi, inner, **f64)
-        mid = schedule.t_from_log_snr(lam)
-        parts = ([torch.tensor([ts], **f64)] if head else []) + [mid] + ([torch.tensor([te], **f64)] if tail else [])
-        grid = torch.cat(parts)
-        grid[0], grid[-1] = ts, te
+        grid = _log_snr_grid(schedule, steps, ts, te, lam_min, lam_max)
     if not bool((grid[1:] < grid[:-1]).all()):
         raise ValueError(f"the {spacing!r} grid with steps={steps} is not strictly decreasing; use fewer steps")
+    return grid
+
+
+def _log_snr_grid(schedule: Schedule, steps: int, ts: float, te: float, lam_min: float, lam_max: float) -> Tensor:
+    """Uniform in log-SNR; an infinite end is clipped and kept as an extra (bridging) point."""
+    f64 = torch.float64
+    la, lb = _lam(schedule, ts), _lam(schedule, te)
+    head = not math.isfinite(la)
+    tail = not math.isfinite(lb)
+    lo = max(la, lam_min) if head else la
+    hi = min(lb, lam_max) if tail else lb
+    inner = steps + 1 - int(head) - int(tail)
+    if inner < 2 or not lo < hi:
+        raise ValueError(
+            f"steps={steps} is too few for a log-SNR grid that bridges infinite ends "
+            f"(log-SNR from {la} to {lb}, clipped to [{lo}, {hi}])"
+        )
+    mid = schedule.t_from_log_snr(torch.linspace(lo, hi, inner, dtype=f64))
+    head_t = [torch.tensor([ts], dtype=f64)] if head else []
+    tail_t = [torch.tensor([te], dtype=f64)] if tail else []
+    grid = torch.cat(head_t + [mid] + tail_t)
+    grid[0], grid[-1] = ts, te
     return grid
 
 
@@ -164,9 +248,35 @@ def _rho_to_t(schedule: Schedule, rho: Tensor, ts: float, te: float) -> Tensor:
     return t
 
 
-def infer_dtype_device(model: Any, dtype: Optional[torch.dtype], device: Any) -> Tuple[torch.dtype, torch.device]:
-    """``dtype``/``device`` when given, else the model's (``model.dtype``/``model.device``), else
-    float64 on the CPU."""
+def check_times(schedule: Schedule, times: object, name: str = "times") -> Tensor:
+    """A user's grid ``times`` as a float64 CPU tensor: 1-d, at least 2 points, strictly decreasing,
+    inside ``[schedule.t_min, schedule.t_max]``."""
+    if isinstance(times, Tensor):
+        tt = times.detach().to(device="cpu", dtype=torch.float64)
+    elif isinstance(times, (list, tuple)):
+        tt = torch.as_tensor(times, dtype=torch.float64)
+    else:
+        raise TypeError(
+            f"{name} must be a 1-d tensor of times (e.g. from sampling.time_grid), got {type(times).__name__}"
+        )
+    if tt.ndim != 1 or tt.numel() < 2:
+        raise ValueError(f"{name} must be a 1-d grid of at least 2 times, got shape {tuple(tt.shape)}")
+    if not bool(torch.isfinite(tt).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    if not bool((tt[1:] < tt[:-1]).all()):
+        raise ValueError(f"{name} must be strictly decreasing (from t_max, the noisy end, to t_min)")
+    if float(tt[-1]) < schedule.t_min or float(tt[0]) > schedule.t_max:
+        raise ValueError(
+            f"{name} must lie in [{schedule.t_min}, {schedule.t_max}], got [{float(tt[-1])}, {float(tt[0])}]"
+        )
+    return tt
+
+
+def infer_dtype_device(
+    model: DiffusionModel, dtype: Optional[torch.dtype], device: Optional[Union[str, torch.device]]
+) -> Tuple[torch.dtype, torch.device]:
+    """``dtype``/``device`` when given, else the model's (``model.dtype``/``model.device``, the
+    optional attributes of the model contract), else float64 on the CPU."""
     if dtype is None:
         dtype = getattr(model, "dtype", None)
         if not isinstance(dtype, torch.dtype):
@@ -176,31 +286,33 @@ def infer_dtype_device(model: Any, dtype: Optional[torch.dtype], device: Any) ->
     if device is None:
         device = getattr(model, "device", None)
     try:
-        device = torch.device(device) if device is not None else torch.device("cpu")
+        dev = torch.device(device) if device is not None else torch.device("cpu")
     except (TypeError, RuntimeError) as exc:
         raise ValueError(f"device must be a torch device, got {device!r}") from exc
-    return dtype, device
+    return dtype, dev
 
 
-def model_shape(model: Any) -> Tuple[int, ...]:
-    """The per-point shape ``(d,)`` of a model: ``model.d`` or ``model.target.d``."""
+def model_shape(model: DiffusionModel) -> Tuple[int, ...]:
+    """The per-point shape ``(d,)`` of a model: ``model.d`` or ``model.target.d`` (optional
+    attributes of the model contract)."""
     d = getattr(model, "d", None)
-    if d is None and getattr(model, "target", None) is not None:
-        d = getattr(model.target, "d", None)
+    target = getattr(model, "target", None)
+    if d is None and target is not None:
+        d = getattr(target, "d", None)
     if d is None:
         raise ValueError("cannot infer the data shape from the model; pass x_T or shape=")
     return (int(d),)
 
 
 def prior_sample(
-    model: Any,
+    model: DiffusionModel,
     n: int,
     *,
     t: Optional[float] = None,
     shape: Optional[Union[int, Sequence[int]]] = None,
     generator: Optional[torch.Generator] = None,
     dtype: Optional[torch.dtype] = None,
-    device: Any = None,
+    device: Optional[Union[str, torch.device]] = None,
 ) -> Tensor:
     """``n`` draws of the sampler prior ``N(0, (alpha_t^2 + sigma_t^2) I)`` at ``t`` (default ``t_max``).
 
@@ -210,26 +322,29 @@ def prior_sample(
     ``alpha_t^2 (Cov X_0 - I)``, which is ``4.5e-5`` relative at log-SNR -10.  Pass ``x_T`` drawn
     from ``target.marginal(schedule, t)`` to remove it.
     """
+    model = check_model(model)
     if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     schedule = model.schedule
     t = schedule.t_max if t is None else _finite_float(t, "t")
     if shape is None:
-        shape = model_shape(model)
+        shp = model_shape(model)
     elif isinstance(shape, Integral):
-        shape = (int(shape),)
-    shape = tuple(int(s) for s in shape)
-    if not shape or any(s < 1 for s in shape):
+        shp = (int(shape),)
+    else:
+        shp = tuple(int(s) for s in shape)
+    if not shp or any(s < 1 for s in shp):
         raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
-    dtype, device = infer_dtype_device(model, dtype, device)
+    dt, dev = infer_dtype_device(model, dtype, device)
     tt = torch.tensor(t, dtype=torch.float64)
     scale = math.sqrt(float(schedule.alpha2(tt)) + float(schedule.sigma2(tt)))
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    return scale * torch.randn((int(n),) + shape, generator=generator, dtype=dtype, device=device)
+    return scale * torch.randn((int(n),) + shp, generator=generator, dtype=dt, device=dev)
 
 
-def check_x(x: Any, name: str = "x_T") -> Tensor:
+def check_x(x: object, name: str = "x_T") -> Tensor:
+    """``x`` if it is a finite floating tensor of shape ``(n, ...)``, else ``TypeError``/``ValueError``."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (n, ...), got {type(x).__name__}")
     if not x.dtype.is_floating_point:

@@ -11,26 +11,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from ..targets import GaussianMixture
+
 Tensor = torch.Tensor
+#: a projection direction: ``(d,)`` numbers
+Direction = Optional[Union[Tensor, Sequence[float]]]
 
 __all__ = ["energy_distance", "energy_test", "EnergyTest", "mixture_cdf", "ks_test"]
 
 
-def _pair(x: Any, y: Any) -> "tuple[Tensor, Tensor]":
-    for name, v in (("x", x), ("y", y)):
-        if not isinstance(v, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (n, d), got {type(v).__name__}")
-        if not v.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating tensor, got {v.dtype}")
-        if v.ndim != 2 or v.shape[0] < 2:
-            raise ValueError(f"{name} must have shape (n, d) with n >= 2, got {tuple(v.shape)}")
-        if not bool(torch.isfinite(v).all()):
-            raise ValueError(f"{name} contains NaN or inf")
+def _points(v: object, name: str) -> Tensor:
+    if not isinstance(v, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (n, d), got {type(v).__name__}")
+    if not v.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating tensor, got {v.dtype}")
+    if v.ndim != 2 or v.shape[0] < 2:
+        raise ValueError(f"{name} must have shape (n, d) with n >= 2, got {tuple(v.shape)}")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    return v
+
+
+def _pair(x_in: object, y_in: object) -> tuple[Tensor, Tensor]:
+    x, y = _points(x_in, "x"), _points(y_in, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
     if x.device != y.device:
@@ -120,7 +128,7 @@ def energy_test(
     return EnergyTest(statistic=observed, p_value=p, null=null)
 
 
-def mixture_cdf(gmm: Any, direction: Optional[Any] = None):
+def mixture_cdf(gmm: GaussianMixture, direction: Direction = None) -> Callable[[Any], np.ndarray]:
     """The CDF (a numpy-vectorized callable) of ``<u, X>`` for ``X ~ gmm`` and unit-free ``u``.
 
     A projection of ``sum_k w_k N(mu_k, S_k)`` is ``sum_k w_k N(u.mu_k, u^T S_k u)``; ``direction``
@@ -139,14 +147,16 @@ def mixture_cdf(gmm: Any, direction: Optional[Any] = None):
     w = gmm.weights.double().cpu().numpy()
 
     def cdf(t: Any) -> np.ndarray:
-        t = np.asarray(t, dtype=np.float64)
-        return (w * ndtr((t[..., None] - mu) / sd)).sum(-1)
+        tt = np.asarray(t, dtype=np.float64)
+        out: np.ndarray = (w * ndtr((tt[..., None] - mu) / sd)).sum(-1)
+        return out
 
     return cdf
 
 
-def ks_test(samples: Tensor, gmm: Any, direction: Optional[Any] = None) -> Any:
-    """``scipy.stats.kstest`` of the projected samples ``samples @ u`` against :func:`mixture_cdf`."""
+def ks_test(samples: Tensor, gmm: GaussianMixture, direction: Direction = None) -> Any:
+    """``scipy.stats.kstest`` of the projected samples ``samples @ u`` against :func:`mixture_cdf`
+    (its result object: ``.statistic``, ``.pvalue``)."""
     from scipy.stats import kstest
 
     if not isinstance(samples, Tensor) or samples.ndim != 2 or samples.shape[1] != gmm.d:
