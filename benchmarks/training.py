@@ -101,8 +101,8 @@ def main() -> None:
                 break
     except OSError:
         pass
-    print(f"torch {torch.__version__}; CPU: {cpu_name}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"torch {torch.__version__}; CPU: {cpu_name}, {os.cpu_count()} cores, "
+          f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}")
     devices = [("cpu", False)]
     if torch.cuda.is_available():
         devices += [("cuda", False), ("cuda", True)]
@@ -115,7 +115,8 @@ def main() -> None:
             steps = steps_cpu if dev == "cpu" else (10 if args.quick else 50)
             sps, best = throughput(d, width, depth, dev, steps, amp)
             results[(d, dev, amp)] = sps
-            print(f"| {d} | {width} x {depth} | {dev} | {'bf16 autocast' if amp else 'fp32'} | {BATCH} | {sps:,.0f} | {best:,.0f} |")
+            precision = "bf16 autocast" if amp else "fp32"
+            print(f"| {d} | {width} x {depth} | {dev} | {precision} | {BATCH} | {sps:,.0f} | {best:,.0f} |")
     if torch.cuda.is_available():
         for d, _, _ in CONFIGS:
             best = max(results[(d, "cuda", False)], results[(d, "cuda", True)])

@@ -1,0 +1,583 @@
+"""The trainer: a sectioned training loop over the parts of :mod:`densityformula.training`.
+
+``Trainer`` composes a data source (:mod:`.data`), a loss (time sampler x weighting x objective,
+:mod:`.losses`), an optimizer and learning-rate schedule, an :class:`~.ema.EMA` and a
+:class:`~.checkpoint.Checkpointer`.  Its life has four sections, as EDM's ``training_loop``:
+
+1. set-up (:meth:`Trainer.__init__` / :meth:`Trainer.from_parts`): check the parts, move them to
+   the device, record the trained log-SNR range on the model (``model.valid_log_snr``,
+   docs/math.md I24), copy the EMA;
+2. resume (``resume_from=``): restore every part's state from a checkpoint, refusing one written
+   with other settings;
+3. loop (:meth:`Trainer.train`, :meth:`Trainer.train_step`): batch, loss, step, EMA, record;
+4. checkpoint: every ``checkpoint_every`` steps and at the end, atomically.
+
+On CPU a resumed run is bitwise identical to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .._validation import resolve_device
+from ..models import DiffusionModel, check_model
+from .checkpoint import FORMAT, Checkpointer, atomic_save
+from .checkpoint import load_checkpoint as _read_checkpoint
+from .data import DataSource, TensorData, as_data_source
+from .ema import EMA
+from .losses import DenoisingLoss, WeightedLoss, same_schedule
+from .time_sampling import DeviceLike
+
+Tensor = torch.Tensor
+PathLike = Union[str, "os.PathLike[str]"]
+History = List[Tuple[int, float]]
+
+__all__ = ["Trainer", "WarmupCosine", "record_valid_log_snr"]
+
+
+# ------------------------------------------------------------------------------------------------
+# small helpers
+# ------------------------------------------------------------------------------------------------
+class WarmupCosine:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then constant or a cosine to 0 at ``steps``.
+
+    ``f(k) = (k + 1) / warmup`` for ``k < warmup``; then ``1`` (``cosine=False``) or
+    ``(1 + cos(pi min(1, (k - warmup) / (steps - warmup)))) / 2``.  For ``torch.optim.lr_scheduler.LambdaLR``.
+    """
+
+    def __init__(self, steps: int, warmup: int = 0, cosine: bool = True) -> None:
+        self.steps = steps
+        self.warmup = warmup
+        self.cosine = cosine
+
+    def __call__(self, step: int) -> float:
+        if self.warmup and step < self.warmup:
+            return (step + 1) / self.warmup
+        if not self.cosine:
+            return 1.0
+        frac = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def record_valid_log_snr(model: object, interval: Tuple[float, float]) -> bool:
+    """Set ``model.valid_log_snr = interval`` when the model has that settable property (docs/math.md I24).
+
+    Returns whether it was set (an analytic model's range stays the whole line).
+    """
+    prop = getattr(type(model), "valid_log_snr", None)
+    if isinstance(prop, property) and prop.fset is not None:
+        setattr(model, "valid_log_snr", (float(interval[0]), float(interval[1])))  # noqa: B010
+        return True
+    return False
+
+
+def _check_int(value: object, name: str, lo: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    return value
+
+
+def _check_trainable(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a DiffusionModel and a torch.nn.Module, got {type(model).__name__}")
+    try:
+        check_model(model)
+    except TypeError as exc:
+        raise TypeError(f"model must be a DiffusionModel and a torch.nn.Module, got {type(model).__name__}") from exc
+    return model
+
+
+def _amp_dtype(mixed_precision: Union[bool, str], device: torch.device) -> Optional[torch.dtype]:
+    if mixed_precision not in (False, True, "bf16", "fp16"):
+        raise ValueError(f"mixed_precision must be False, True, 'bf16' or 'fp16', got {mixed_precision!r}")
+    if not mixed_precision:
+        return None
+    if device.type != "cuda":
+        warnings.warn("mixed_precision is only used on CUDA; training in full precision", stacklevel=3)
+        return None
+    return torch.float16 if mixed_precision == "fp16" else torch.bfloat16
+
+
+def _num_classes(model: nn.Module) -> Optional[int]:
+    n = getattr(model, "num_classes", None)
+    return n if isinstance(n, int) else None
+
+
+def _model_config(model: nn.Module) -> Optional[Dict[str, object]]:
+    """The architecture (``model.config()`` without the init seed: the weights come from the checkpoint)."""
+    config = getattr(model, "config", None)
+    if not callable(config):
+        return None
+    return {k: v for k, v in config().items() if k != "seed"}
+
+
+def _plain(value: object) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+# ------------------------------------------------------------------------------------------------
+# the trainer
+# ------------------------------------------------------------------------------------------------
+class Trainer:
+    """Train a :class:`DiffusionModel` that is also a ``torch.nn.Module`` on a denoising loss.
+
+    This constructor builds the parts from keyword arguments; :meth:`from_parts` takes them ready-made.
+
+    Args:
+        model: e.g. :class:`~densityformula.neural.MLPDenoiser`; moved to ``device``.
+        data: a target with ``.sample(n, generator=...)`` (fresh samples every step, e.g. a
+            :class:`~densityformula.targets.GaussianMixture`), a tensor ``(N, d)`` (a fixed
+            dataset, shuffled each epoch), a pair ``(x, y)`` of tensors with labels, or a
+            :class:`~densityformula.training.data.DataSource`.
+        steps: total number of optimisation steps (the learning-rate schedule spans them).
+        loss: a :class:`DenoisingLoss` or any :class:`WeightedLoss`; default
+            ``DenoisingLoss(model.schedule, weighting, time_sampling)``.
+        batch_size, lr, weight_decay, grad_clip: Adam(W) settings (``grad_clip=None``: none).
+        lr_schedule: ``"constant"`` or ``"cosine"`` (to 0 over ``steps``), after ``warmup`` steps.
+        ema_decay: exponential moving average of the weights (``None``: no EMA); the effective
+            decay is ``min(ema_decay, (1 + step) / (10 + step))``.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ...
+        mixed_precision: ``False``, ``True``/``"bf16"`` or ``"fp16"`` (CUDA only; on CPU a
+            warning is issued and full precision is used).
+        seed: seeds the data generator (CPU) and the noise generator (on ``device``, ``seed + 1``).
+        label_dropout: probability of replacing a class label by "no condition" (-1).
+        checkpoint_path: where :meth:`save_checkpoint` writes (atomically); an existing file
+            is never overwritten unless ``overwrite=True`` or it is the file being resumed.
+        checkpoint_every: save every that many steps (0: only when asked / at the end of
+            :meth:`train`).
+        resume_from: a checkpoint to continue from exactly (model, optimizer, EMA, generators,
+            data order, step, history).
+        progress: show a tqdm bar.
+
+    The model's ``valid_log_snr`` (when settable, as on ``MLPDenoiser``) is set to the loss's
+    :attr:`~WeightedLoss.trained_log_snr_range` at set-up (docs/math.md I24) and saved with the weights.
+    """
+
+    _config: Dict[str, object]
+
+    # -- set-up: the compatibility constructor ----------------------------------------------------
+    def __init__(
+        self,
+        model: DiffusionModel,
+        data: object,
+        *,
+        steps: int,
+        loss: Optional[WeightedLoss] = None,
+        weighting: str = "eps",
+        time_sampling: str = "uniform",
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        grad_clip: Optional[float] = 1.0,
+        lr_schedule: str = "cosine",
+        warmup: int = 0,
+        ema_decay: Optional[float] = 0.999,
+        device: DeviceLike = "auto",
+        mixed_precision: Union[bool, str] = False,
+        seed: int = 0,
+        label_dropout: float = 0.0,
+        checkpoint_path: Optional[PathLike] = None,
+        checkpoint_every: int = 0,
+        resume_from: Optional[PathLike] = None,
+        overwrite: bool = False,
+        progress: bool = True,
+    ) -> None:
+        module = _check_trainable(model)
+        for name, value, lo in (("steps", steps, 1), ("batch_size", batch_size, 1), ("warmup", warmup, 0),
+                                ("checkpoint_every", checkpoint_every, 0), ("seed", seed, 0)):
+            _check_int(value, name, lo)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a positive float, got {lr!r}")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        if ema_decay is not None and not (isinstance(ema_decay, (int, float)) and 0.0 <= ema_decay < 1.0):
+            raise ValueError(f"ema_decay must be None or a float in [0, 1), got {ema_decay!r}")
+        dev = resolve_device(device)
+        amp = _amp_dtype(mixed_precision, dev)
+        if loss is None:
+            loss = DenoisingLoss(model.schedule, weighting, time_sampling)
+        module.to(dev)
+        source = as_data_source(data, labelled=_num_classes(module) is not None, seed=seed, device=dev,
+                                dtype=_param_dtype(module))
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("model has no trainable parameters")
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        factor = WarmupCosine(steps, warmup, lr_schedule == "cosine")
+        # a plain function: LambdaLR then keeps its settings out of the checkpoint (a resume may change ``steps``)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: factor(k))
+        checkpointer = (Checkpointer(checkpoint_path, every=checkpoint_every, overwrite=overwrite)
+                        if checkpoint_path is not None else None)
+        self._assemble(
+            module, source, loss, steps=steps, batch_size=batch_size, optimizer=optimizer, lr_scheduler=scheduler,
+            ema=ema_decay, checkpointer=checkpointer, noise_seed=seed + 1, grad_clip=grad_clip,
+            label_dropout=label_dropout, amp_dtype=amp, device=dev, progress=progress,
+        )
+        self.seed: Optional[int] = seed
+        self._checkpoint_every = checkpoint_every
+        config: Dict[str, object] = {
+            "steps": steps, "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay),
+            "grad_clip": grad_clip, "lr_schedule": lr_schedule, "warmup": warmup, "ema_decay": ema_decay,
+            "seed": seed, "label_dropout": self.label_dropout,
+        }
+        if isinstance(loss, DenoisingLoss):
+            config.update({
+                "weighting": loss.weighting, "time_sampling": loss.time_sampling, "t_range": (loss.lo, loss.hi),
+                "proposal": (loss.proposal_loc, loss.proposal_scale), "include_constant": loss.include_constant,
+            })
+        self._config = {**config, **self._config}
+        self._resume(resume_from)
+
+    # -- set-up: from ready-made parts ------------------------------------------------------------
+    @classmethod
+    def from_parts(
+        cls,
+        model: DiffusionModel,
+        data: DataSource,
+        loss: WeightedLoss,
+        *,
+        steps: int,
+        batch_size: int,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
+        ema: Union[EMA, float, None] = None,
+        checkpointer: Optional[Checkpointer] = None,
+        noise_seed: int = 1,
+        grad_clip: Optional[float] = None,
+        label_dropout: float = 0.0,
+        mixed_precision: Union[bool, str] = False,
+        device: DeviceLike = "auto",
+        progress: bool = False,
+        resume_from: Optional[PathLike] = None,
+    ) -> Trainer:
+        """A trainer over ready-made parts.
+
+        Args:
+            model: a :class:`DiffusionModel` that is a ``torch.nn.Module``; moved to ``device``.
+            data: a :class:`~.data.DataSource` (moved to ``device`` and the model's dtype).
+            loss: a :class:`WeightedLoss` (e.g. ``WeightedLoss(EpsLoss(), ELBOWeight(),
+                LogisticLogSNR(schedule))``) for ``model.schedule``.
+            steps, batch_size: the length of the run and the batch size.
+            optimizer: over the model's parameters; default ``AdamW(lr=1e-3, weight_decay=0)`` (the
+                keyword constructor's defaults).
+            lr_scheduler: stepped once per step; default none.
+            ema: an :class:`~.ema.EMA` of ``model`` or its decay (``None``: no EMA).
+            checkpointer: a :class:`~.checkpoint.Checkpointer` (``None``: save only when asked).
+            noise_seed: seeds the generator of times, noise and label dropout (on ``device``).
+            grad_clip, label_dropout, mixed_precision, progress: as in :class:`Trainer`.
+            resume_from: a checkpoint written by a trainer over the same parts.
+        """
+        self = cls.__new__(cls)
+        module = _check_trainable(model)
+        dev = resolve_device(device)
+        module.to(dev)
+        if not isinstance(data, DataSource):
+            raise TypeError(f"data must be a densityformula.training DataSource, got {type(data).__name__}")
+        data.to(dev, _param_dtype(module))
+        if optimizer is None:
+            optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3,
+                                          weight_decay=0.0)
+        self._assemble(
+            module, data, loss, steps=_check_int(steps, "steps", 1), batch_size=_check_int(batch_size, "batch_size", 1),
+            optimizer=optimizer, lr_scheduler=lr_scheduler, ema=ema, checkpointer=checkpointer,
+            noise_seed=_check_int(noise_seed, "noise_seed", 0), grad_clip=grad_clip, label_dropout=label_dropout,
+            amp_dtype=_amp_dtype(mixed_precision, dev), device=dev, progress=progress,
+        )
+        self.seed = None
+        self._checkpoint_every = checkpointer.every if checkpointer is not None else 0
+        self._config = {
+            "steps": steps, "batch_size": batch_size, "optimizer": type(optimizer).__name__,
+            "optimizer_defaults": {k: v for k, v in optimizer.defaults.items() if _plain(v)},
+            "lr_scheduler": type(lr_scheduler).__name__ if lr_scheduler is not None else None,
+            "ema": self.averager.config() if self.averager is not None else None, "grad_clip": grad_clip,
+            "label_dropout": self.label_dropout, "noise_seed": noise_seed, "data": data.config(), **self._config,
+        }
+        self._resume(resume_from)
+        return self
+
+    def _assemble(
+        self,
+        model: nn.Module,
+        data: DataSource,
+        loss: WeightedLoss,
+        *,
+        steps: int,
+        batch_size: int,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler],
+        ema: Union[EMA, float, None],
+        checkpointer: Optional[Checkpointer],
+        noise_seed: int,
+        grad_clip: Optional[float],
+        label_dropout: float,
+        amp_dtype: Optional[torch.dtype],
+        device: torch.device,
+        progress: bool,
+    ) -> None:
+        """The set-up shared by both constructors (the model and data are already on ``device``)."""
+        if not isinstance(loss, WeightedLoss):
+            raise TypeError(f"loss must be a DenoisingLoss (or a WeightedLoss), got {type(loss).__name__}")
+        denoiser = check_model(model)
+        if not same_schedule(loss.schedule, denoiser.schedule):
+            raise ValueError(f"loss.schedule {loss.schedule!r} is not model.schedule {denoiser.schedule!r}")
+        if grad_clip is not None and (isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float))
+                                      or not grad_clip > 0):
+            raise ValueError(f"grad_clip must be None or a positive float, got {grad_clip!r}")
+        if isinstance(label_dropout, bool) or not isinstance(label_dropout, (int, float)) \
+                or not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be a float in [0, 1), got {label_dropout!r}")
+        cap = data.max_batch_size
+        if cap is not None and cap < batch_size:
+            raise ValueError(f"data has {cap} rows, fewer than batch_size={batch_size}")
+        if label_dropout > 0 and (not data.labelled or _num_classes(model) is None):
+            raise ValueError("label_dropout needs class labels in data and a model with num_classes")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.model = model
+        self._denoiser = denoiser
+        self.data = data
+        self.loss = loss
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.steps = steps
+        self.batch_size = batch_size
+        self.grad_clip = float(grad_clip) if grad_clip is not None else None
+        self.label_dropout = float(label_dropout)
+        self.progress = progress
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.checkpointer = checkpointer
+        # the trained log-SNR range, on the model before the EMA copy (so both carry it)
+        self.valid_log_snr = loss.trained_log_snr_range
+        record_valid_log_snr(model, self.valid_log_snr)
+        if isinstance(ema, EMA):
+            ema.module.to(device)
+            record_valid_log_snr(ema.module, self.valid_log_snr)
+            self.averager: Optional[EMA] = ema
+        else:
+            self.averager = EMA(model, ema) if ema is not None else None
+        self.noise_generator = torch.Generator(device=device)
+        self.noise_generator.manual_seed(noise_seed)
+        self.step = 0
+        self.history: History = []
+        self._config = {
+            "model": type(model).__name__, "model_config": _model_config(model), "loss": loss.config(),
+            "valid_log_snr": self.valid_log_snr,
+        }
+
+    # -- resume -----------------------------------------------------------------------------------
+    def _resume(self, resume_from: Optional[PathLike]) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.check_fresh_start(resume_from)
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+
+    # -- accessors --------------------------------------------------------------------------------
+    @property
+    def ema(self) -> Optional[nn.Module]:
+        """The EMA model (``None`` without EMA)."""
+        return self.averager.module if self.averager is not None else None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The EMA model when EMA is on, else the trained model."""
+        return self.averager.module if self.averager is not None else self.model
+
+    @property
+    def model_dtype(self) -> torch.dtype:
+        """Dtype of the model's parameters (batches are cast to it)."""
+        return _param_dtype(self.model)
+
+    @property
+    def data_generator(self) -> torch.Generator:
+        """The data source's generator (CPU)."""
+        return self.data.generator
+
+    @property
+    def ema_decay(self) -> Optional[float]:
+        """The EMA's decay (``None`` without EMA); settable while EMA is on."""
+        return self.averager.decay if self.averager is not None else None
+
+    @ema_decay.setter
+    def ema_decay(self, decay: float) -> None:
+        if self.averager is None:
+            raise ValueError("this trainer has no EMA (it was built with ema_decay=None)")
+        if isinstance(decay, bool) or not (isinstance(decay, (int, float)) and 0.0 <= decay < 1.0):
+            raise ValueError(f"ema_decay must be a float in [0, 1), got {decay!r}")
+        self.averager.decay = float(decay)
+
+    @property
+    def checkpoint_path(self) -> Optional[Path]:
+        """Where :meth:`save_checkpoint` writes by default (``None``: nowhere); settable."""
+        return self.checkpointer.path if self.checkpointer is not None else None
+
+    @checkpoint_path.setter
+    def checkpoint_path(self, path: Optional[PathLike]) -> None:
+        if path is None:
+            self.checkpointer = None
+        elif self.checkpointer is None:
+            self.checkpointer = Checkpointer(path, every=self._checkpoint_every)
+        else:
+            self.checkpointer.path = Path(path)
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Save every that many steps (``0``: only when asked and at the end); settable."""
+        return self.checkpointer.every if self.checkpointer is not None else self._checkpoint_every
+
+    @checkpoint_every.setter
+    def checkpoint_every(self, every: int) -> None:
+        self._checkpoint_every = _check_int(every, "checkpoint_every", 0)
+        if self.checkpointer is not None:
+            self.checkpointer.every = every
+
+    # -- loop -------------------------------------------------------------------------------------
+    def train_step(self) -> float:
+        """One optimisation step; returns the batch's mean loss."""
+        self.model.train()
+        # batch (label dropout draws from the noise generator before the loss does)
+        x0, y = self.data.next_batch(self.batch_size)
+        if y is not None and self.label_dropout > 0:
+            drop = torch.rand(y.shape[0], generator=self.noise_generator, device=self.device) < self.label_dropout
+            y = torch.where(drop, torch.full_like(y, -1), y)
+        # loss
+        if self.amp_dtype is not None:
+            with torch.autocast(device_type="cuda", dtype=self.amp_dtype):
+                loss = self.loss(self._denoiser, x0, generator=self.noise_generator, y=y).float().mean()
+        else:
+            loss = self.loss(self._denoiser, x0, generator=self.noise_generator, y=y).mean()
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.step}")
+        # optimisation
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(self.scaler.scale(loss))
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        self.step += 1
+        # EMA, record
+        if self.averager is not None:
+            self.averager.update(self.model, self.step)
+        value = float(loss.detach())
+        self.history.append((self.step, value))
+        return value
+
+    def train(self, until: Optional[int] = None) -> History:
+        """Train up to step ``until`` (default: ``steps``); returns the history ``[(step, loss)]``.
+
+        Saves a checkpoint every ``checkpoint_every`` steps and at the end when
+        ``checkpoint_path`` is set.
+        """
+        end = self.steps if until is None else until
+        if not isinstance(end, int) or isinstance(end, bool) or not 0 <= end <= self.steps:
+            raise ValueError(f"until must be an int in [0, {self.steps}], got {until!r}")
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=end, initial=self.step, disable=not self.progress, desc="train", leave=False)
+        try:
+            while self.step < end:
+                value = self.train_step()
+                bar.update(1)
+                if self.step % 50 == 0:
+                    bar.set_postfix(loss=f"{value:.4g}")
+                if self.checkpointer is not None and self.checkpointer.due(self.step):
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        # checkpoint at the end
+        if self.checkpointer is not None:
+            self.save_checkpoint()
+        self.model.eval()
+        return self.history
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything an exact resume needs (the keys are listed in :mod:`.checkpoint`)."""
+        return {
+            "format": FORMAT,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.averager.state_dict() if self.averager is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "noise_generator": self.noise_generator.get_state(),
+            "data": self.data.state_dict(),
+            "history": list(self.history),
+            "config": self._config,
+            "valid_log_snr": self.valid_log_snr,
+            "torch_version": str(torch.__version__),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any], *, source: str = "the state") -> None:
+        """Restore :meth:`state_dict` (``ValueError`` if it was written with another configuration)."""
+        saved = state["config"]
+        # keys a checkpoint of an older format lacks are not compared
+        diff = {k: (saved.get(k), v) for k, v in self._config.items() if k != "steps" and k in saved and saved[k] != v}
+        if diff:
+            raise ValueError(f"checkpoint {source} was written with a different configuration: {diff}")
+        self.model.load_state_dict(state["model"])
+        if self.averager is not None:
+            if state["ema"] is None:
+                raise ValueError(f"checkpoint {source} has no EMA weights")
+            self.averager.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.noise_generator.set_state(state["noise_generator"])
+        if "data" in state:
+            self.data.load_state_dict(state["data"])
+        else:  # format /1
+            legacy: Dict[str, object] = {"generator": state["data_generator"]}
+            if isinstance(self.data, TensorData):
+                legacy.update(perm=state["data_perm"], pos=int(state["data_pos"]))
+            self.data.load_state_dict(legacy)
+        self.history = [(int(s), float(v)) for s, v in state["history"]]
+        self.step = int(state["step"])
+        # the trained range: a /1 checkpoint's model state lacks it
+        lo, hi = state.get("valid_log_snr", self.valid_log_snr)
+        self.valid_log_snr = (float(lo), float(hi))
+        for module in (self.model, self.ema):
+            if module is not None:
+                record_valid_log_snr(module, self.valid_log_snr)
+
+    def save_checkpoint(self, path: Optional[PathLike] = None, *, overwrite: bool = False) -> Path:
+        """Write :meth:`state_dict` atomically (temporary file + ``os.replace``).
+
+        ``path=None`` writes this trainer's ``checkpoint_path``; another existing file is only
+        replaced with ``overwrite=True``.
+        """
+        if self.checkpointer is not None:
+            return self.checkpointer.save(self.state_dict(), path, overwrite=overwrite)
+        if path is None:
+            raise ValueError("path must be given when the trainer has no checkpoint_path")
+        target = os.fspath(path)
+        if os.path.exists(target) and not overwrite:
+            raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
+        return atomic_save(self.state_dict(), target)
+
+    def load_checkpoint(self, path: PathLike) -> None:
+        """Restore the exact training state saved by :meth:`save_checkpoint`."""
+        self.load_state_dict(_read_checkpoint(path), source=str(path))
+
+    def __repr__(self) -> str:
+        return (f"Trainer({type(self.model).__name__}, {self.loss!r}, step {self.step}/{self.steps}, "
+                f"batch_size={self.batch_size}, ema={self.averager!r}, checkpointer={self.checkpointer!r})")
+
+
+def _param_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
