@@ -471,6 +471,9 @@ def density_formula(
         undecayed |= (ratio > _DECAY_TOLERANCE) & significant
     if bool(undecayed.any()):
         bound = torch.where(undecayed, torch.full_like(bound, math.inf), bound)
+    # with tails=False the value is the integral over lambda_range alone, as asked: nothing was
+    # extrapolated, so only truncation_bound (inf there) says the whole-line integral is unknown
+    if bool(undecayed.any()) and tails:
         warnings.warn(
             f"density_formula: at {int(undecayed.sum())} of {n} points the integrand does not decay like "
             f"e^(-|lambda|) beyond lambda_range {(lo, hi)} (typical of a network whose eps_hat does not "

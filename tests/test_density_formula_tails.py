@@ -55,3 +55,15 @@ def test_non_decaying_integrand_is_flagged(schedule):
     if isinstance(schedule, df.schedules.LiYan):
         assert torch.allclose(lo_mean, torch.full_like(lo_mean, -(0.05**2) * 2), rtol=0.2)
     assert math.isfinite(float(est.value.mean()))
+
+
+def test_non_decaying_integrand_is_not_warned_about_on_a_finite_range_without_tails():
+    """tails=False asks for the integral over lambda_range alone: nothing is extrapolated, so no
+    warning, but truncation_bound still says the whole-line value is unknown."""
+    gmm = df.targets.random_gmm(2, 3, seed=0)
+    x = gmm.sample(40, generator=torch.Generator().manual_seed(1))
+    model = OffsetEps(df.models.AnalyticModel(gmm, df.schedules.LiYan()), 0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est = df.density_formula(model, x, n_noise=8, n_replicates=8, lambda_range=(-15.0, 15.0), tails=False)
+    assert bool(torch.isinf(est.extras["truncation_bound"]).all())
