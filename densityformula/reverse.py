@@ -15,7 +15,7 @@ the model-schedule time with the same log-SNR as step ``k`` (the sampler's varia
 rescaled into the model's coordinates by ``in_scale_k = alpha^model(t_k) / alpha_k``; for VP
 models ``in_scale = 1``).
 
-DDPM (Ho et al.; docs/math.md section 5): with ``abar_k = prod_{j<=k} (1 - beta_j)``, the
+DDPM (Ho et al.; docs/math.md section 8, I15): with ``abar_k = prod_{j<=k} (1 - beta_j)``, the
 posterior-mean parameterization ``mu_theta(x_k) = mu_tilde_k(x_k, x0 = D_k(x_k))`` gives
 ``a_k = sqrt(alpha_k) (1 - abar_{k-1}) / (1 - abar_k)``, ``c_k = sqrt(abar_{k-1}) beta_k / (1 - abar_k)``
 and ``v_k = beta_k`` or ``beta_tilde_k = (1 - abar_{k-1}) beta_k / (1 - abar_k)`` for ``k >= 2``.
@@ -25,7 +25,7 @@ Step 1 is the decoder: ``a_1 = 0``, ``c_1 = 1`` and ``v_1 = beta_1`` in both var
 Euler--Maruyama for the reverse SDE ``dx = (f x - g^2 s) dt + g dB-bar`` on a decreasing time
 grid ``t_K > ... > t_0`` of the model's schedule: with ``s = -(x - alpha D)/sigma^2`` (I1) and
 ``h = t_k - t_{k-1}``, ``a_k = 1 - h f - h g^2/sigma^2``, ``c_k = h g^2 alpha / sigma^2``,
-``v_k = h g^2``, all at ``t_k``.
+``v_k = h g^2``, all at ``t_k`` (I17).
 """
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def _model_times(model: DiffusionModel, lam: Tensor, same: bool) -> Tuple[Tensor
 
 
 def input_scale(sched: Schedule, t: Tensor, lam: Tensor) -> Tensor:
-    """``x_model / x_vp`` at log-SNR ``lam``: ``alpha_m/sqrt(sigmoid(lam)) = sigma_m/sqrt(sigmoid(-lam))``.
+    """``x_model / x_vp`` at log-SNR ``lam``: ``alpha_m/sqrt(sigmoid(lam)) = sigma_m/sqrt(sigmoid(-lam))`` (I21).
 
     The two ratios are equal in exact arithmetic; the noise ratio is used for ``lam < 0`` and the
     signal ratio otherwise, because near an end of the range the small one of ``alpha_m`` /
@@ -240,10 +240,10 @@ def sampler_kernels(
 
 
 # --------------------------------------------------------------------------------------------
-# probability-flow vector field (I12)
+# probability-flow vector field (I20; its likelihood is I12)
 # --------------------------------------------------------------------------------------------
 def pf_coefficients(schedule: Schedule, lam: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``t(lambda)``, ``alpha``, ``sigma^2`` and ``c = d log alpha / d lambda`` (float64) (I12).
+    """``t(lambda)``, ``alpha``, ``sigma^2`` and ``c = d log alpha / d lambda`` (float64) (I20).
 
     For a variance-preserving schedule ``c = sigmoid(-lambda)/2`` as a function of ``lambda``;
     otherwise ``c = -f sigma^2 / g^2``.
@@ -277,7 +277,7 @@ def pf_velocity(
     trace: str = "none",
     probes: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Optional[Tensor]]:
-    """Probability-flow velocity in the log-SNR clock and (optionally) its divergence (I12).
+    """Probability-flow velocity in the log-SNR clock and (optionally) its divergence (I20).
 
     ``F = c x + (alpha D(x, t) - x)/2`` with ``t = t(lambda)``, ``c = d log alpha/d lambda``;
     ``div F = d c + (alpha tr dD/dx - d)/2``.
@@ -369,7 +369,8 @@ class StepCoefficients(NamedTuple):
 
 
 def step_levels(schedule: Schedule, t: Union[float, Tensor], s: Union[float, Tensor]) -> StepLevels:
-    """:class:`StepLevels` of ``schedule`` for the steps ``t -> s`` (broadcast, float64) (I15).
+    """:class:`StepLevels` of ``schedule`` for the steps ``t -> s`` (float64), the forward
+    transition of docs/math.md section 1.
 
     ``sigma2_ts`` is computed as ``-sigma_t^2 expm1(lambda_t - lambda_s)``, which equals
     ``sigma_t^2 - alpha_ts^2 sigma_s^2`` because ``alpha_ts^2 sigma_s^2 = sigma_t^2 e^(lambda_t -
