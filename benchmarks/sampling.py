@@ -47,7 +47,7 @@ def exact_moments(sampler, sch, steps, **kw):
 
     xT = torch.full((steps + 2, 1), m0, dtype=F64)
     xT[1] += 1.0
-    out = sampler(gauss_model(sch), xT, steps=steps, t_start=t0, noise_sampler=impulse, **kw)[:, 0]
+    out = sampler(gauss_model(sch), xT, steps=steps, t_max=t0, noise_sampler=impulse, **kw)[:, 0]
     gain, noise = out[1] - out[0], out[2:] - out[0]
     return float(out[0]), float(gain**2 * v0 + (noise**2).sum())
 

@@ -35,7 +35,7 @@ def discover(experiments_dir: Path) -> List[ModuleType]:
     package = f"_densityformula_experiments_{abs(hash(str(experiments_dir.resolve())))}"
     if package not in sys.modules:
         pkg = ModuleType(package)
-        pkg.__path__ = [str(experiments_dir)]  # type: ignore[attr-defined]
+        pkg.__path__ = [str(experiments_dir)]
         sys.modules[package] = pkg
     mods = []
     for path in sorted(experiments_dir.glob("*.py")):
@@ -118,7 +118,8 @@ def _table_html(path: Path) -> str:
     import pandas as pd
 
     frame = pd.read_csv(path)
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.6g}", border=0, classes="table")
+    html: str = frame.to_html(index=False, float_format=lambda v: f"{v:.6g}", border=0, classes="table")
+    return html
 
 
 def write_index(summaries: Sequence[Dict[str, Any]], out: Path) -> Path:

@@ -116,7 +116,7 @@ def save_table(rows: Sequence[Dict[str, Any]], out_dir: Path, name: str) -> str:
     return name
 
 
-def save_fig(fig: "plt.Figure", out_dir: Path, name: str) -> str:
+def save_fig(fig: plt.Figure, out_dir: Path, name: str) -> str:
     fig.tight_layout()
     fig.savefig(out_dir / name, dpi=110)
     plt.close(fig)
@@ -132,7 +132,7 @@ def loglog_slope(x: Iterable[float], y: Iterable[float]) -> float:
 class Timer:
     """``with Timer() as t: ...; t.seconds``."""
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self._t0 = time.perf_counter()
         self.seconds = 0.0
         return self

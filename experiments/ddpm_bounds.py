@@ -18,6 +18,7 @@ import torch
 from densityformula import models, schedules, targets
 from densityformula.elbo import ddpm, importance_weighted
 from densityformula.likelihood import sampler_density_1d
+
 from . import _common as C  # the driver loads experiments/ as a package
 
 NAME = "ddpm_bounds"
@@ -58,12 +59,15 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
     # one-sided bounds: value - log p <= c stderr + grid error (family-wise over points)
     c1 = C.t_crit(n_points, None, alpha=2 * C.ALPHA)  # one-sided level ALPHA
     exc = (elbo.value - lp - grid_err) / elbo.stderr
-    claims.append(C.claim("I9: DDPM ELBO <= log p_sampler at every point", {"max (ELBO - log p)/stderr": float(exc.max()),
-                          "mean ELBO - log p": float((elbo.value - lp).mean())},
-                          f"(ELBO - log p - grid error)/stderr <= {c1:.2f} at all {n_points} points", bool((exc <= c1).all())))
+    claims.append(C.claim("I9: DDPM ELBO <= log p_sampler at every point",
+                          {"max (ELBO - log p)/stderr": float(exc.max()),
+                           "mean ELBO - log p": float((elbo.value - lp).mean())},
+                          f"(ELBO - log p - grid error)/stderr <= {c1:.2f} at all {n_points} points",
+                          bool((exc <= c1).all())))
     top = iw[max(ks)]
     exc = (top.value - lp - grid_err) / top.stderr
-    claims.append(C.claim(f"I10: IW_{max(ks)} <= log p_sampler at every point", {"max (IW - log p)/stderr": float(exc.max())},
+    claims.append(C.claim(f"I10: IW_{max(ks)} <= log p_sampler at every point",
+                          {"max (IW - log p)/stderr": float(exc.max())},
                           f"<= {c1:.2f} at all points", bool((exc <= c1).all())))
     means = [float(iw[k].value.mean()) for k in ks]
     claims.append(C.claim("I10: IW_k non-decreasing in k (mean over points)", dict(zip([f"k={k}" for k in ks], means)),
@@ -71,7 +75,8 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
     d_iw1 = iw[1].value - elbo.value
     z = d_iw1 / torch.sqrt(iw[1].stderr**2 + elbo.stderr**2)
     c2 = C.t_crit(n_points, None)
-    claims.append(C.claim("IW_1 (Monte Carlo chains) = elbo.ddpm (exact Gaussian KLs)", {"max |z|": float(z.abs().max())},
+    claims.append(C.claim("IW_1 (Monte Carlo chains) = elbo.ddpm (exact Gaussian KLs)",
+                          {"max |z|": float(z.abs().max())},
                           f"|difference| <= {c2:.2f} joint stderr at all points", bool((z.abs() <= c2).all())))
     gap1 = lp - iw[1].value
     gap64 = lp - top.value
@@ -117,6 +122,8 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
     ax.legend(fontsize=8)
     figures = [C.save_fig(fig, out_dir, "ddpm_bounds.png")]
     notes.append(f"T={T}, {n_points} points, elbo.ddpm n_samples={n_samples}, IW pool {n_rep} x {max(ks)} chains, grid "
-                 f"{G} points on [-10, 10]. Seconds: ELBO {t_elbo.seconds:.1f}, IW {t_iw.seconds:.1f}, grid {t_grid.seconds:.1f}.")
-    notes.append("The ELBO is a bound on the sampler's density log p, not on log q_0: see log_q0 vs log_p_sampler in bounds.csv.")
+                 f"{G} points on [-10, 10]. Seconds: ELBO {t_elbo.seconds:.1f}, IW {t_iw.seconds:.1f}, "
+                 f"grid {t_grid.seconds:.1f}.")
+    notes.append("The ELBO is a bound on the sampler's density log p, not on log q_0: see log_q0 vs log_p_sampler "
+                 "in bounds.csv.")
     return {"claims": claims, "figures": figures, "tables": tables, "notes": notes}

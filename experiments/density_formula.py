@@ -1,7 +1,7 @@
 """Li & Yan's Theorem 1 (docs/math.md I5/I6): the score-based density formula recovers log q_0.
 
 Ground truth: the closed-form log-density of a random Gaussian mixture (``random_gmm``).
-The estimator is :func:`densityformula.density_formula.density_formula` with the exact denoiser
+The estimator is :func:`densityformula.formula.density_formula` with the exact denoiser
 (``AnalyticModel``); every integrand form (eps, denoiser, score, Hyvarinen) and several
 schedules (the log-SNR form makes the formula schedule-free) must give log q_0 within the
 estimator's own standard error plus its reported truncation bound.
@@ -14,7 +14,8 @@ from typing import Any, Dict
 import torch
 
 from densityformula import models, schedules, targets
-from densityformula.density_formula import FORMS, density_formula
+from densityformula.formula import FORMS, density_formula
+
 from . import _common as C  # the driver loads experiments/ as a package
 
 NAME = "density_formula"

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from densityformula import models, schedules, targets
-from densityformula.density_formula import density_formula_discrete
+from densityformula.formula import density_formula_discrete
+
 from . import _common as C  # the driver loads experiments/ as a package
 
 NAME = "discrete_formula"
@@ -103,7 +104,8 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
     ax.errorbar(allT, np.abs(allm), yerr=2 * alls, fmt="o", color="C0", capsize=3, zorder=3,
                 label="|mean error over points| (±2 s.e.)")
     tt = np.geomspace(allT.min() * 0.8, allT.max() * 1.25, 50)
-    ax.plot(tt, np.abs(beta[0] / tt + beta[1] / tt**2), "C1--", label=f"|c1/T + c2/T^2|, c1 = {beta[0]:.3g}, c2 = {beta[1]:.3g}")
+    ax.plot(tt, np.abs(beta[0] / tt + beta[1] / tt**2), "C1--",
+            label=f"|c1/T + c2/T^2|, c1 = {beta[0]:.3g}, c2 = {beta[1]:.3g}")
     ax.plot(tt, np.abs(beta[0]) / tt, "k:", lw=1, label="|c1|/T")
     ax.set_xscale("log")
     ax.set_yscale("log")

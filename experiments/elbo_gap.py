@@ -22,6 +22,7 @@ import torch
 
 from densityformula import models, schedules, targets
 from densityformula.elbo import continuous, kl_de_bruijn
+
 from . import _common as C  # the driver loads experiments/ as a package
 
 NAME = "elbo_gap"
@@ -102,7 +103,8 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
                               f">= 1 point with (ELBO - log q_0)/stderr > {c_pt:.2f}", n_above >= 1))
         if name == "shifted":
             claims.append(C.agreement("shifted: ELBO_theta(x) = log q'(x) pointwise (Theorem 1 for q')",
-                                      e.value, e.stderr, q_shift.log_prob(x), dof=dof, bound=e.extras["truncation_bound"]))
+                                      e.value, e.stderr, q_shift.log_prob(x), dof=dof,
+                                      bound=e.extras["truncation_bound"]))
         results[name] = (C.as_np(logq), C.as_np(diff), C.as_np(e.stderr), m, se_m, gap)
         rows.append({"model": name, "mean_elbo_minus_logq": m, "stderr": se_m, "theory_gap": gap,
                      "theory_gap_stderr": gap_se, "points_above_log_q0": n_above, "n_points": n_points,
@@ -126,7 +128,8 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
         ax.legend(fontsize=8)
     axes[0].set_ylabel("continuous ELBO - log q_0  (nats)")
     figures = [C.save_fig(fig, out_dir, "elbo_gap.png")]
-    notes.append(f"Gap ground truths: shifted: KL(q||q') = {kl_mc:.4f} ± {kl_mc_se:.1g} (Monte Carlo of exact log-densities, "
-                 f"{big.shape[0]} samples); biased: ||delta||^2/2 = {truth_gap['biased'][0]:.4f} (closed form). "
+    notes.append(f"Gap ground truths: shifted: KL(q||q') = {kl_mc:.4f} ± {kl_mc_se:.1g} (Monte Carlo of exact "
+                 f"log-densities, {big.shape[0]} samples); biased: ||delta||^2/2 = {truth_gap['biased'][0]:.4f} "
+                 "(closed form). "
                  f"kl_de_bruijn gives {g:.4f} ± {gse:.1g}.")
     return {"claims": claims, "figures": figures, "tables": tables, "notes": notes}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from densityformula.elbo import kl_de_bruijn
 from densityformula.likelihood import gaussian_kl, gaussian_sampler
 from densityformula.neural import AffineDenoiser
 from densityformula.sampling import ddpm as ddpm_sampler
+
 from . import _common as C  # the driver loads experiments/ as a package
 
 NAME = "minimizers"
@@ -52,6 +53,26 @@ def _law(theta: float, sched: schedules.Discrete):
     return model, gaussian_sampler(model, variance="beta", d=D)
 
 
+def _objectives(sched: schedules.Discrete, q_mean: torch.Tensor,
+                q_cov: torch.Tensor) -> Tuple[Callable[[float], float], Callable[[float], float]]:
+    """``(theta -> -E_q[ELBO_theta], theta -> KL(q || p_theta^sampler))`` for one schedule, sharing
+    a cache of the sampler laws (each law is built once per theta)."""
+    cache: Dict[float, Any] = {}
+
+    def law(th: float) -> Any:
+        if th not in cache:
+            cache[th] = _law(th, sched)[1]
+        return cache[th]
+
+    def neg_elbo(th: float) -> float:
+        return -float(law(th).expected_elbo(q_mean, q_cov))
+
+    def kl(th: float) -> float:
+        return float(law(th).kl(q_mean, q_cov))
+
+    return neg_elbo, kl
+
+
 def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
     Ts = [25, 50, 100, 200, 1000] if quick else [25, 50, 100, 200, 500, 1000, 2000, 4000]
     q_mean = torch.zeros(D, dtype=F64)
@@ -60,16 +81,7 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
     claims, rows, notes = [], [], []
     curves = {}
     for T in Ts:
-        sched = schedules.Discrete.ddpm_linear(T)
-        cache: Dict[float, Any] = {}
-
-        def law(th: float):
-            if th not in cache:
-                cache[th] = _law(th, sched)[1]
-            return cache[th]
-
-        neg_elbo = lambda th: -float(law(th).expected_elbo(q_mean, q_cov))  # noqa: E731
-        kl = lambda th: float(law(th).kl(q_mean, q_cov))  # noqa: E731
+        neg_elbo, kl = _objectives(schedules.Discrete.ddpm_linear(T), q_mean, q_cov)
         opt = dict(bounds=(0.3, 0.8), method="bounded", options={"xatol": 1e-9})
         th_elbo = float(minimize_scalar(neg_elbo, **opt).x)
         th_kl = float(minimize_scalar(kl, **opt).x)
@@ -92,14 +104,15 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
     gaps = [abs(r["gap"]) for r in rows]
     slope_gap = C.loglog_slope(Ts, gaps)
     claims.append(C.claim("argmin gap |theta_elbo - theta_kl| = O(1/T)",
-                          {"slope": slope_gap, "T*gap at T=%d" % Ts[-1]: rows[-1]["T_times_gap"], "gap at T=1000":
-                           next(r["gap"] for r in rows if r["T"] == 1000)},
+                          {"slope": slope_gap, f"T*gap at T={Ts[-1]}": rows[-1]["T_times_gap"],
+                           "gap at T=1000": next(r["gap"] for r in rows if r["T"] == 1000)},
                           "log-log slope in [-1.2, -0.8] and the gap decreasing in T",
                           -1.2 <= slope_gap <= -0.8 and all(a > b for a, b in zip(gaps, gaps[1:]))))
     ex = [r["excess_kl"] for r in rows]
     slope_ex = C.loglog_slope(Ts, ex)
     claims.append(C.claim("cost of the ELBO's minimizer: KL(q||p_theta_elbo) - min KL = O(1/T^2)",
-                          {"slope": slope_ex, "excess at T=1000 (nats)": next(r["excess_kl"] for r in rows if r["T"] == 1000)},
+                          {"slope": slope_ex,
+                           "excess at T=1000 (nats)": next(r["excess_kl"] for r in rows if r["T"] == 1000)},
                           "log-log slope in [-2.4, -1.6]", -2.4 <= slope_ex <= -1.6))
     claims.append(C.claim("E_q[ELBO_theta] <= E_q[log p_theta] for every theta and T (I9 in expectation)",
                           {"min slack (nats)": min(r["min_slack_E[log p]-E[ELBO]"] for r in rows)},
@@ -121,7 +134,8 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
     se_mean = torch.sqrt(torch.diagonal(law0.cov) / n_sim)
     claims.append(C.agreement(f"I14: sampler covariance (T={T0}, theta={th0}) = simulation", emp_cov.flatten(),
                               se_cov.flatten(), law0.cov.flatten(), dof=None))
-    claims.append(C.agreement(f"I14: sampler mean (T={T0}, theta={th0}) = simulation", emp_mean, se_mean, law0.mean, dof=None))
+    claims.append(C.agreement(f"I14: sampler mean (T={T0}, theta={th0}) = simulation", emp_mean, se_mean, law0.mean,
+                              dof=None))
     n_x = 512 if quick else 4096
     xq = S * torch.randn(n_x, D, generator=g, dtype=F64)  # x ~ q
     est = ddpm_elbo(model0, xq, variance="beta", n_samples=32, generator=g)
@@ -132,8 +146,9 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
     se_mc = float(pointwise.std() / math.sqrt(n_x))
     ee = float(law0.expected_elbo(q_mean, q_cov))
     crit = C.t_crit(1, None)
-    claims.append(C.claim("expected_elbo = mean of the pointwise ELBO over x ~ q", {"closed form": ee, "Monte Carlo": m_mc,
-                          "stderr": se_mc}, f"|difference| <= {crit:.2f} stderr", abs(ee - m_mc) <= crit * se_mc))
+    claims.append(C.claim("expected_elbo = mean of the pointwise ELBO over x ~ q",
+                          {"closed form": ee, "Monte Carlo": m_mc, "stderr": se_mc},
+                          f"|difference| <= {crit:.2f} stderr", abs(ee - m_mc) <= crit * se_mc))
 
     # de Bruijn (I11)
     p_mean = torch.tensor([0.3, -0.2], dtype=F64)
@@ -175,11 +190,12 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
     ax.set_title("ELBO minimizer vs true minimizer")
     ax.legend(fontsize=8)
     figures = [C.save_fig(fig, out_dir, "minimizers.png")]
+    median_t_gap = float(np.median([r["T_times_gap"] for r in rows]))
     notes.append(
         "The ELBO is minimized by the true denoiser (theta = s) at every T, as a weighted denoising loss must be; the "
         "true KL of the DDPM sampler's output is minimized by a slightly smaller theta that compensates the extra "
-        "variance the discretized sampler adds. The two minimizers differ by about %.2f/T, and the KL lost by "
-        "training on the ELBO is O(1/T^2)." % float(np.median([r["T_times_gap"] for r in rows])))
-    notes.append("Closed forms checked independently: sampler simulation (%d draws, decoder noise beta_1 added "
-                 "to sampling.ddpm's noiseless last step) and Monte Carlo of elbo.ddpm." % n_sim)
+        f"variance the discretized sampler adds. The two minimizers differ by about {median_t_gap:.2f}/T, and the KL "
+        "lost by training on the ELBO is O(1/T^2).")
+    notes.append(f"Closed forms checked independently: sampler simulation ({n_sim} draws, decoder noise beta_1 added "
+                 "to sampling.ddpm's noiseless last step) and Monte Carlo of elbo.ddpm.")
     return {"claims": claims, "figures": figures, "tables": tables, "notes": notes}

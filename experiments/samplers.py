@@ -15,8 +15,8 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from densityformula import models, schedules, targets
-from densityformula import sampling
+from densityformula import models, sampling, schedules, targets
+
 from . import _common as C  # the driver loads experiments/ as a package
 
 NAME = "samplers"
@@ -63,15 +63,17 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
         eds = [r["energy_distance"] for r in rows if r["sampler"] == name]
         level = 0.01 / len(SAMPLERS)  # family-wise 1% over samplers; p-values are discrete in 1/(perms+1)
         claims.append(C.claim(f"{name}: {steps_list[-1]} steps indistinguishable from exact draws",
-                              {"energy distance": eds[-1], "noise floor (mean)": float(floor.mean()), "permutation p": test.p_value},
+                              {"energy distance": eds[-1], "noise floor (mean)": float(floor.mean()),
+                               "permutation p": test.p_value},
                               f"energy test p >= {level:.3g}", test.p_value >= level))
     tables = [C.save_table(rows, out_dir, "energy.csv")]
     notes.append(f"{n} samples per run, VPLinear schedule, exact mixture denoiser; noise floor from {n_floor} pairs of "
-                 f"exact samples: mean {floor.mean():.2e}, max {floor.max():.2e}; permutation tests with {perms} relabellings.")
+                 f"exact samples: mean {floor.mean():.2e}, max {floor.max():.2e}; permutation tests with {perms} "
+                 "relabellings.")
 
     fig, axes = C.plt.subplots(1, 2, figsize=(11.5, 4.4))
     ax = axes[0]
-    for i, name in enumerate(SAMPLERS):
+    for name in SAMPLERS:
         rr = [r for r in rows if r["sampler"] == name]
         ax.loglog([r["steps"] for r in rr], [max(r["energy_distance"], 1e-6) for r in rr], "o-", label=name)
     ax.axhspan(floor.min(), floor.max(), color="0.8", label="exact vs exact (noise floor)")

@@ -119,7 +119,8 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
     m, se = float(diff.mean()), float(diff.std() / math.sqrt(n_points))
     g, gse = float(gap.value[0]), float(gap.stderr[0])
     tot_se = math.sqrt(se**2 + gse**2)
-    claims.append(C.claim(f"I8: E_q[ELBO_theta - ELBO_exact] = -1/2 int E||eps_theta - eps||^2 dlambda on lambda in {LAM_RANGE}",
+    claims.append(C.claim("I8: E_q[ELBO_theta - ELBO_exact] = -1/2 int E||eps_theta - eps||^2 dlambda on lambda in "
+                          f"{LAM_RANGE}",
                           {"measured": m, "de Bruijn integral": -g, "stderr": tot_se},
                           f"|measured + integral| <= {crit:.2f} stderr", abs(m + g) <= crit * tot_se))
     em = cv - logq
@@ -167,27 +168,29 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Dict[str, Any]:
     ]
     tables = [C.save_table(summary_rows, out_dir, "summary.csv")]
     rows = [{"x0": float(x[i, 0]), "x1": float(x[i, 1]), "log_q0": float(logq[i]), "elbo_continuous": float(cv[i]),
-             "elbo_continuous_stderr": float(cont.stderr[i]), "elbo_ddpm": float(dv[i]), "elbo_ddpm_stderr": float(disc.stderr[i]),
+             "elbo_continuous_stderr": float(cont.stderr[i]), "elbo_ddpm": float(dv[i]),
+             "elbo_ddpm_stderr": float(disc.stderr[i]),
              "log_p_ode": float(pv[i]), "log_p_ode_default_range": float(pf_default.value[i]),
              "log_p_ode_from_-40": float(pf_full.value[i])} for i in range(n_points)]
     tables.append(C.save_table(rows, out_dir, "points.csv"))
     notes.append(f"Training: {train_steps} steps, batch 512, {t_train.seconds:.1f} s; final loss {history[-1][1]:.4f}. "
-                 f"Seconds: density formula {t_df.seconds:.1f}, DDPM ELBO {t_ddpm.seconds:.1f}, PF-ODE {t_pf.seconds:.1f}, "
-                 f"de Bruijn {t_kl.seconds:.1f}.")
-    notes.append(f"Pointwise: the continuous ELBO exceeds log q_0 at {100 * frac(em):.0f}% of the points and the PF-ODE "
-                 f"log-likelihood at {100 * frac(pm_):.0f}%; the continuous ELBO exceeds the PF-ODE likelihood at "
-                 f"{100 * frac(cv - pv):.0f}% -- neither ordering is a theorem.")
+                 f"Seconds: density formula {t_df.seconds:.1f}, DDPM ELBO {t_ddpm.seconds:.1f}, "
+                 f"PF-ODE {t_pf.seconds:.1f}, de Bruijn {t_kl.seconds:.1f}.")
+    notes.append(f"Pointwise: the continuous ELBO exceeds log q_0 at {100 * frac(em):.0f}% of the points and the "
+                 f"PF-ODE log-likelihood at {100 * frac(pm_):.0f}%; the continuous ELBO exceeds the PF-ODE likelihood "
+                 f"at {100 * frac(cv - pv):.0f}% -- neither ordering is a theorem.")
     notes.append(f"The PF-ODE likelihood depends on where the ODE starts. By default probability_flow starts at the "
                  f"noisy end of the network's trained range, model.valid_log_snr = ({model.valid_log_snr[0]:.1f}, "
                  f"{model.valid_log_snr[1]}) (the trainer records it: below {model.valid_log_snr[0]:.1f} lie 0.1% of "
-                 f"its training draws): mean minus log q {pdm:.3f} ± {pdse:.3f} nats, grid mass {mass['default']:.3f}. "
-                 f"From log-SNR {lam_end_sampler:.0f} (where the samplers start): {pmm:.3f} ± {pse:.3f}. From log-SNR "
-                 f"{lam_end_full:.0f} (asked explicitly; the library warns): {pfm:.3f} ± {pfse:.3f}: the network is hardly "
-                 "trained there, and the ODE spreads the prior's mass. All are normalized densities of different models.")
-    notes.append(f"The network's eps error is concentrated at extreme log-SNR: 1/2 int E||eps_theta - eps||^2 is {g:.3f} on "
-                 f"{LAM_RANGE} but {float(gap_full.value[0]):.3f} on (-30, 30). The density formula's default range for float32 "
-                 "is (-15, 15) with analytic tails, which assume the exact asymptotics, so the ELBO reported there omits the "
-                 "network's errors beyond that range.")
+                 f"its training draws): mean minus log q {pdm:.3f} ± {pdse:.3f} nats, grid mass "
+                 f"{mass['default']:.3f}. From log-SNR {lam_end_sampler:.0f} (where the samplers start): {pmm:.3f} ± "
+                 f"{pse:.3f}. From log-SNR {lam_end_full:.0f} (asked explicitly; the library warns): {pfm:.3f} ± "
+                 f"{pfse:.3f}: the network is hardly trained there, and the ODE spreads the prior's mass. All are "
+                 "normalized densities of different models.")
+    notes.append(f"The network's eps error is concentrated at extreme log-SNR: 1/2 int E||eps_theta - eps||^2 is "
+                 f"{g:.3f} on {LAM_RANGE} but {float(gap_full.value[0]):.3f} on (-30, 30). The density formula's "
+                 "default range for float32 is (-15, 15) with analytic tails, which assume the exact asymptotics, so "
+                 "the ELBO reported there omits the network's errors beyond that range.")
 
     fig, axes = C.plt.subplots(1, 3, figsize=(15, 4.4))
     ax = axes[0]

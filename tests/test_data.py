@@ -121,7 +121,7 @@ def test_digits_source_draws_fresh_dequantized_rows_of_its_split():
     rows = torch.floor(c).long()
     # every drawn row is a test row (match on counts and label), with fresh noise
     test_rows = {(tuple(pix[i].tolist()), int(lab[i])) for i in test.tolist()}
-    assert all((tuple(r.tolist()), int(l)) in test_rows for r, l in zip(rows[:300], y[:300]))
+    assert all((tuple(r.tolist()), int(label)) in test_rows for r, label in zip(rows[:300], y[:300]))
     x2 = src.sample(5000, generator=_gen(1))
     assert not torch.equal(x, x2)
     assert src.log_det_jacobian == pytest.approx(64 * math.log(2 / 17))

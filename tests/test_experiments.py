@@ -15,7 +15,8 @@ def test_reproduce_quick_all_claims_hold(tmp_path):
     summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
     names = {s["name"] for s in summaries}
     assert names == {m.NAME for m in cli.discover(EXPERIMENTS)}
-    failed = [(s["name"], c["name"], c["value"], c["expected"]) for s in summaries for c in s["claims"] if not c["passed"]]
+    failed = [(s["name"], c["name"], c["value"], c["expected"])
+              for s in summaries for c in s["claims"] if not c["passed"]]
     crashed = [(s["name"], s["error"][-500:]) for s in summaries if s.get("error")]
     assert not failed and not crashed, (failed, crashed)
     assert rc == 0

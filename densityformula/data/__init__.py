@@ -207,7 +207,8 @@ class Digits:
             c = c + 0.5
         x = (self.lo + (self.hi - self.lo) * c / DIGITS_LEVELS).to(self.dtype)
         if self.dtype != torch.float64:
-            x = torch.minimum(x, torch.nextafter(torch.tensor(self.hi, dtype=self.dtype), torch.tensor(self.lo, dtype=self.dtype)))
+            below_hi = torch.nextafter(torch.tensor(self.hi, dtype=self.dtype), torch.tensor(self.lo, dtype=self.dtype))
+            x = torch.minimum(x, below_hi)
         return (x, self.labels[idx]) if return_labels else x
 
     def __repr__(self) -> str:

@@ -484,7 +484,12 @@ class Trainer:
         end = self.steps if until is None else until
         if not isinstance(end, int) or isinstance(end, bool) or not 0 <= end <= self.steps:
             raise ValueError(f"until must be an int in [0, {self.steps}], got {until!r}")
-        from tqdm.auto import tqdm
+        # tqdm.auto picks the notebook widget, which warns in a kernel without ipywidgets even when
+        # disabled: take it only when a bar is shown
+        if self.progress:
+            from tqdm.auto import tqdm
+        else:
+            from tqdm import tqdm
 
         bar = tqdm(total=end, initial=self.step, disable=not self.progress, desc="train", leave=False)
         try:
