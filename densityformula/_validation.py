@@ -17,6 +17,15 @@ Tensor = torch.Tensor
 TimeLike = Union[float, int, Tensor]
 
 
+def check_int(value: object, name: str, minimum: int) -> int:
+    """``value`` if it is an ``int >= minimum``, else ``TypeError`` / ``ValueError`` naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 def check_float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
     """Return ``dtype`` if it is a torch floating dtype, else raise ``TypeError``."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:

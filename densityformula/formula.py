@@ -57,6 +57,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from . import _quadrature as Q
+from ._validation import check_int
 from .estimate import Estimate
 from .models import DiffusionModel, ExactDivergence, check_model
 from .schedules import Discrete, Schedule
@@ -72,12 +73,6 @@ _LOG_2PI_E = math.log(2.0 * math.pi) + 1.0
 # ---------------------------------------------------------------------------------------------
 # argument checking
 # ---------------------------------------------------------------------------------------------
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _check_model(model: object) -> Tuple[DiffusionModel, Schedule]:
@@ -134,8 +129,8 @@ def _make_generator(generator: Optional[torch.Generator], seed: Optional[int]) -
 
 def _chunk_rows(chunk_size: Optional[int], memory_budget: int, d: int) -> int:
     if chunk_size is not None:
-        return _check_int(chunk_size, "chunk_size", 1)
-    _check_int(memory_budget, "memory_budget", 1)
+        return check_int(chunk_size, "chunk_size", 1)
+    check_int(memory_budget, "memory_budget", 1)
     # ~16 float64 row-sized temporaries alive per row (x_t, z, outputs, model internals)
     return max(64, memory_budget // (16 * 8 * max(d, 1)))
 
@@ -255,7 +250,7 @@ def _pairs_per_replicate(
     n_noise: Optional[int], budget: Optional[int], J: int, R: int, pilot_pairs: int, k: int, evals: int
 ) -> int:
     if budget is not None:
-        _check_int(budget, "budget", 1)
+        check_int(budget, "budget", 1)
         if n_noise is not None:
             raise ValueError("give either n_noise or budget, not both")
         main = budget // evals - J * pilot_pairs * k
@@ -266,7 +261,7 @@ def _pairs_per_replicate(
                 f"need {evals * (J * pilot_pairs * k + J * k * R)} evaluations; lower n_nodes/n_replicates/n_pilot"
             )
         return pairs
-    n_noise = 32 if n_noise is None else _check_int(n_noise, "n_noise", 1)
+    n_noise = 32 if n_noise is None else check_int(n_noise, "n_noise", 1)
     return max(J, (n_noise * J) // k)
 
 
@@ -387,10 +382,10 @@ def density_formula(
     x = _check_x(x)
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    _check_int(n_nodes, "n_nodes", 2)
-    _check_int(n_replicates, "n_replicates", 2)
-    _check_int(n_pilot, "n_pilot", 0)
-    _check_int(n_probes, "n_probes", 1)
+    check_int(n_nodes, "n_nodes", 2)
+    check_int(n_replicates, "n_replicates", 2)
+    check_int(n_pilot, "n_pilot", 0)
+    check_int(n_probes, "n_probes", 1)
     if noise not in ("sobol", "random"):
         raise ValueError(f"noise must be 'sobol' or 'random', got {noise!r}")
     gen = _make_generator(generator, seed)
@@ -597,9 +592,9 @@ def density_formula_discrete(
         raise TypeError(f"schedule must be a densityformula Discrete schedule, got {type(schedule).__name__}")
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    _check_int(n_replicates, "n_replicates", 2)
-    _check_int(n_pilot, "n_pilot", 0)
-    _check_int(n_probes, "n_probes", 1)
+    check_int(n_replicates, "n_replicates", 2)
+    check_int(n_pilot, "n_pilot", 0)
+    check_int(n_probes, "n_probes", 1)
     gen = _make_generator(generator, seed)
     if x.shape[0] == 0:
         raise ValueError("x must contain at least one point")

@@ -163,13 +163,6 @@ class DiffusionModel(ABC):
         return P.convert("x0", "v", self.denoise(x_t, t), x_t, a, s)
 
 
-def _check_int(value: object, name: str, minimum: int) -> int:
-    """``value`` if it is an ``int >= minimum``, else ``TypeError`` / ``ValueError`` naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def check_model(model: object, name: str = "model") -> DiffusionModel:

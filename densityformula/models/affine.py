@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.types import Device
 
-from .._validation import TimeLike, as_time, check_float_dtype, per_point_time
+from .._validation import TimeLike, as_time, check_float_dtype, check_int, per_point_time
 from ..schedules import Discrete
-from ._base import DiffusionModel, _check_int
+from ._base import DiffusionModel
 
 Tensor = torch.Tensor
 #: a mean vector or covariance matrix: a tensor or anything numpy reads as an array
@@ -47,7 +47,7 @@ class AffineDenoiser(DiffusionModel, nn.Module):
         device: Device = None,
     ) -> None:
         nn.Module.__init__(self)
-        _check_int(d, "d", 1)
+        check_int(d, "d", 1)
         if not isinstance(schedule, Discrete):
             raise TypeError(f"schedule must be a densityformula Discrete schedule, got {type(schedule).__name__}")
         check_float_dtype(dtype)

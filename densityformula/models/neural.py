@@ -23,9 +23,9 @@ from torch import nn
 from torch.types import Device
 
 from .. import parameterization as P
-from .._validation import TimeLike, as_time, check_float_dtype, per_point_time
+from .._validation import TimeLike, as_time, check_float_dtype, check_int, per_point_time
 from ..schedules import Schedule
-from ._base import DiffusionModel, _check_int
+from ._base import DiffusionModel
 
 Tensor = torch.Tensor
 #: a condition: a class label (int or ``(n,)`` integer tensor), a conditioning vector
@@ -140,11 +140,11 @@ class MLPDenoiser(_TimeMixin, DiffusionModel, nn.Module):
         _cond_in: int = 0,
     ) -> None:
         nn.Module.__init__(self)
-        _check_int(d, "d", 1)
-        _check_int(width, "width", 1)
-        _check_int(depth, "depth", 1)
-        _check_int(embed_dim, "embed_dim", 3)
-        _check_int(seed, "seed", 0)
+        check_int(d, "d", 1)
+        check_int(width, "width", 1)
+        check_int(depth, "depth", 1)
+        check_int(embed_dim, "embed_dim", 3)
+        check_int(seed, "seed", 0)
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a densityformula Schedule, got {type(schedule).__name__}")
         if parameterization not in P.KINDS:
@@ -342,10 +342,10 @@ class ConditionalMLPDenoiser(MLPDenoiser):
         if (num_classes is None) == (cond_dim is None):
             raise ValueError("give exactly one of num_classes (class labels) and cond_dim (conditioning vectors)")
         if num_classes is not None:
-            _check_int(num_classes, "num_classes", 1)
-            cond_in = _check_int(cond_embed_dim, "cond_embed_dim", 1)
+            check_int(num_classes, "num_classes", 1)
+            cond_in = check_int(cond_embed_dim, "cond_embed_dim", 1)
         else:
-            cond_in = _check_int(cond_dim, "cond_dim", 1) + 1  # + the "no condition" flag
+            cond_in = check_int(cond_dim, "cond_dim", 1) + 1  # + the "no condition" flag
         seed = kwargs.get("seed", 0)
         super().__init__(d, schedule, _cond_in=cond_in, **kwargs)
         self.num_classes = num_classes
