@@ -7,7 +7,8 @@
 - :mod:`.analytic`: :class:`AnalyticModel`, the exact model of a Gaussian mixture (I1-I4);
 - :mod:`.neural`: :class:`MLPDenoiser`, :class:`ConditionalMLPDenoiser`,
   :class:`ConditionedModel`, :func:`log_snr_embedding`;
-- :mod:`.affine`: :class:`AffineDenoiser`, one affine map per discrete step (I14).
+- :mod:`.affine`: :class:`AffineDenoiser`, one affine map per discrete step (I14);
+- :mod:`.checked`: the model-call boundary, :func:`checked` and :class:`ModelOutputError`.
 
 The modules import only ``_base`` and lower layers (schedules, targets, parameterization), so the
 package has no import cycle; ``densityformula.neural`` re-exports the neural models.
@@ -23,6 +24,7 @@ from ._base import (
 )
 from .affine import AffineDenoiser
 from .analytic import AnalyticModel
+from .checked import CheckedModel, ModelOutputError, check_output, checked
 from .neural import ConditionalMLPDenoiser, ConditionedModel, MLPDenoiser, log_snr_embedding
 
 __all__ = [
@@ -39,4 +41,8 @@ __all__ = [
     "WHOLE_LINE",
     "check_model",
     "log_snr_interval",
+    "checked",
+    "check_output",
+    "CheckedModel",
+    "ModelOutputError",
 ]
