@@ -19,7 +19,7 @@ A denoising loss estimates ``int rho(t) E[err(x_0, t, eps)] dt`` over a time ran
 """
 from __future__ import annotations
 
-from .checkpoint import Checkpointer, atomic_save, load_checkpoint
+from .checkpoint import CheckpointError, Checkpointer, atomic_save, load_checkpoint, remove_stale_temp_files
 from .data import DataSource, SampledData, TensorData, as_data_source
 from .ema import EMA
 from .losses import (
@@ -90,6 +90,8 @@ __all__ = [
     "as_data_source",
     "EMA",
     "Checkpointer",
+    "CheckpointError",
+    "remove_stale_temp_files",
     "atomic_save",
     "load_checkpoint",
     "WarmupCosine",

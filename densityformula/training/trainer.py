@@ -27,7 +27,7 @@ from torch import nn
 
 from .._validation import resolve_device
 from ..models import DiffusionModel, check_model
-from .checkpoint import FORMAT, Checkpointer, atomic_save
+from .checkpoint import FORMAT, Checkpointer, CheckpointError, atomic_save
 from .checkpoint import load_checkpoint as _read_checkpoint
 from .data import DataSource, TensorData, as_data_source
 from .ema import EMA
@@ -39,6 +39,11 @@ PathLike = Union[str, "os.PathLike[str]"]
 History = List[Tuple[int, float]]
 
 __all__ = ["Trainer", "WarmupCosine", "record_valid_log_snr"]
+
+# what :meth:`Trainer.load_checkpoint` needs of a state (format /2; /1 kept the data source's state flat)
+_STATE_KEYS = ("step", "model", "ema", "optimizer", "scaler", "noise_generator", "data", "history", "config")
+_LEGACY_KEYS = ("step", "model", "ema", "optimizer", "scaler", "noise_generator", "data_generator", "history",
+                "config")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -576,8 +581,27 @@ class Trainer:
         return atomic_save(self.state_dict(), target)
 
     def load_checkpoint(self, path: PathLike) -> None:
-        """Restore the exact training state saved by :meth:`save_checkpoint`."""
-        self.load_state_dict(_read_checkpoint(path), source=str(path))
+        """Restore the exact training state saved by :meth:`save_checkpoint`.
+
+        The file's checksum is verified first (:func:`~.checkpoint.load_checkpoint`); an unreadable,
+        corrupt or foreign file, or a state lacking what a resume needs, is a
+        :class:`~.checkpoint.CheckpointError` naming ``path``, raised before anything is restored.  A
+        complete state that does not fit these parts (other tensor shapes) is one too, raised while
+        restoring: the trainer is then half restored and should not be used.
+        """
+        state = _read_checkpoint(path)
+        needed = _LEGACY_KEYS if state["format"] == "densityformula.trainer/1" else _STATE_KEYS
+        missing = [key for key in needed if key not in state]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} of format {state['format']!r} lacks {missing}: "
+                                  "not a complete trainer checkpoint")
+        if not isinstance(state["config"], dict):
+            raise CheckpointError(f"checkpoint {path} has a config of type {type(state['config']).__name__}, "
+                                  "not a dict")
+        try:
+            self.load_state_dict(state, source=str(path))
+        except (KeyError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this trainer: {type(exc).__name__}: {exc}") from exc
 
     def __repr__(self) -> str:
         return (f"Trainer({type(self.model).__name__}, {self.loss!r}, step {self.step}/{self.steps}, "
