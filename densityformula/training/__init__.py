@@ -19,7 +19,7 @@ A denoising loss estimates ``int rho(t) E[err(x_0, t, eps)] dt`` over a time ran
 """
 from __future__ import annotations
 
-from .checkpoint import CheckpointError, Checkpointer, atomic_save, load_checkpoint, remove_stale_temp_files
+from .checkpoint import Checkpointer, CheckpointError, atomic_save, load_checkpoint, remove_stale_temp_files
 from .data import DataSource, SampledData, TensorData, as_data_source
 from .ema import EMA
 from .losses import (
