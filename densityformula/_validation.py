@@ -18,12 +18,64 @@ TimeLike = Union[float, int, Tensor]
 
 
 def check_int(value: object, name: str, minimum: int) -> int:
-    """``value`` if it is an ``int >= minimum``, else ``TypeError`` / ``ValueError`` naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool):
+    """``int(value)`` if it is an integer ``>= minimum``, else ``TypeError`` / ``ValueError`` naming ``name``.
+
+    Python and numpy integers (``np.integer``, e.g. ``np.int64(3)``) are accepted; ``bool``
+    (and ``np.bool_``) and every non-integer type are rejected with ``TypeError``.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    out = int(value)
+    if out < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {out}")
+    return out
+
+
+#: seeds must fit torch's / numpy's 64-bit generators
+_SEED_LIMIT = 2**63
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``int(seed)`` if it is an integer with ``0 <= seed < 2**63``.
+
+    Raises:
+        TypeError / ValueError: otherwise, naming ``name`` (no ``OverflowError`` from a generator later).
+    """
+    out = check_int(seed, name, 0)
+    if out >= _SEED_LIMIT:
+        raise ValueError(f"{name} must be < 2**63 (a 64-bit generator seed), got {out}")
+    return out
+
+
+def check_positive_float(value: object, name: str, *, allow_zero: bool = False) -> float:
+    """``float(value)`` if it is a finite real number ``> 0`` (``>= 0`` with ``allow_zero``).
+
+    Python and numpy reals (and 0-d real tensors) are accepted.
+
+    Raises:
+        TypeError: ``value`` is not a real number (``bool``, complex, strings, ... included).
+        ValueError: ``value`` is NaN, infinite, negative, or zero without ``allow_zero``; the message names ``name``.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got bool")
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.ndim != 0 or value.dtype == torch.bool or value.is_complex():
+            raise TypeError(
+                f"{name} must be a real number, got a tensor of shape {tuple(value.shape)}, dtype {value.dtype}"
+            )
+        value = value.item()
+    if not isinstance(value, (Real, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        out = float(value)
+    except OverflowError as exc:
+        raise ValueError(f"{name} must be finite, got {value!r}") from exc
+    if not np.isfinite(out):
+        raise ValueError(f"{name} must be finite, got {out}")
+    if out < 0 or (out == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {out}")
+    return out
 
 
 def check_float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
@@ -33,16 +85,38 @@ def check_float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
     return dtype
 
 
-def resolve_device(device: Any) -> torch.device:
-    """``"auto"`` picks CUDA when present; ``None`` means CPU."""
+def resolve_device(device: Any, name: str = "device") -> torch.device:
+    """``"auto"`` picks CUDA when present; ``None`` means CPU.
+
+    Raises:
+        ValueError: ``device`` is not a device, names a CUDA / MPS device that is not available
+            (torch itself would fail later with an ``AssertionError``), or is the ``meta`` device
+            (which holds no values to estimate with); the message names ``name``.
+    """
     if device is None:
         return torch.device("cpu")
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise ValueError(f"{name} must be 'auto', None or a torch device, got {device!r}")
     try:
-        return torch.device(device)
+        out = torch.device(device)
     except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"device must be 'auto', None or a torch device, got {device!r}") from exc
+        raise ValueError(f"{name} must be 'auto', None or a torch device, got {device!r}") from exc
+    if out.type == "meta":
+        raise ValueError(f"{name}={device!r}: the meta device holds no values; use 'cpu', 'cuda' or 'auto'")
+    if out.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={device!r} but CUDA is not available; use 'cpu' or 'auto'")
+        if out.index is not None and out.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{name}={device!r} but only {torch.cuda.device_count()} CUDA device(s) are available"
+            )
+    if out.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"{name}={device!r} but MPS is not available; use 'cpu' or 'auto'")
+    return out
 
 
 def as_float_tensor(
@@ -73,12 +147,21 @@ def as_float_tensor(
     return out
 
 
-def check_points(x: Any, d: int, dtype: torch.dtype, device: torch.device, name: str = "x") -> Tensor:
-    """Check that ``x`` is a finite ``(n, d)`` tensor of ``dtype`` on ``device``."""
+def check_points(
+    x: Any, d: int, dtype: torch.dtype, device: torch.device, name: str = "x", *, allow_empty: bool = False
+) -> Tensor:
+    """Check that ``x`` is a finite ``(n, d)`` tensor of ``dtype`` on ``device``.
+
+    Raises:
+        TypeError: ``x`` is not a tensor, or not of a real floating dtype (complex, bool and
+            integer tensors are refused rather than converted), or of another floating dtype.
+        ValueError: wrong shape, wrong device, NaN / inf, or an empty batch (``n = 0``) unless
+            ``allow_empty``; every message names ``name``.
+    """
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (n, {d}), got {type(x).__name__}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating tensor, got dtype {x.dtype}")
+    if x.is_complex() or x.dtype == torch.bool or not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a real floating tensor, got dtype {x.dtype}")
     if x.dtype != dtype:
         raise TypeError(
             f"{name} has dtype {x.dtype} but this object works in {dtype}; convert with {name}.to({dtype})"
@@ -87,6 +170,8 @@ def check_points(x: Any, d: int, dtype: torch.dtype, device: torch.device, name:
         raise ValueError(f"{name} must have shape (n, {d}), got {tuple(x.shape)}")
     if x.device.type != device.type:
         raise ValueError(f"{name} is on {x.device} but this object is on {device}")
+    if x.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); pass at least one point")
     if x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
     return x

@@ -41,22 +41,25 @@ def check_output(out: object, like: Tensor, *, model: object, method: str, t: Ti
                  shape: Tuple[int, ...] = ()) -> Tensor:
     """``out`` if it is a finite tensor shaped like ``like`` (or ``shape`` when given), with its
     dtype and device; else :class:`ModelOutputError` naming ``model.method`` and the time."""
-    where = f"{type(model).__name__}.{method}(x_t, {_describe_time(t)})"
+
+    def where() -> str:  # built only for an error: reading t may synchronize a device
+        return f"{type(model).__name__}.{method}(x_t, {_describe_time(t)})"
+
     if not isinstance(out, Tensor):
-        raise ModelOutputError(f"{where} returned {type(out).__name__}, not a torch.Tensor")
+        raise ModelOutputError(f"{where()} returned {type(out).__name__}, not a torch.Tensor")
     want = tuple(shape) if shape else tuple(like.shape)
     if tuple(out.shape) != want:
         raise ModelOutputError(
-            f"{where} returned shape {tuple(out.shape)} for x_t of shape {tuple(like.shape)}; expected {want}"
+            f"{where()} returned shape {tuple(out.shape)} for x_t of shape {tuple(like.shape)}; expected {want}"
         )
     if out.dtype != like.dtype:
-        raise ModelOutputError(f"{where} returned dtype {out.dtype} for x_t of dtype {like.dtype}")
+        raise ModelOutputError(f"{where()} returned dtype {out.dtype} for x_t of dtype {like.dtype}")
     if out.device != like.device:
-        raise ModelOutputError(f"{where} returned a tensor on {out.device} for x_t on {like.device}")
+        raise ModelOutputError(f"{where()} returned a tensor on {out.device} for x_t on {like.device}")
     finite = torch.isfinite(out)
     if not bool(finite.all()):
         bad = int((~finite).sum())
-        raise ModelOutputError(f"{where} returned {bad} non-finite value(s) (NaN or inf) of {out.numel()}")
+        raise ModelOutputError(f"{where()} returned {bad} non-finite value(s) (NaN or inf) of {out.numel()}")
     return out
 
 
@@ -85,7 +88,12 @@ class CheckedModel(DiffusionModel):
         return self.inner.has_exact_divergence
 
     def _checked(self, method: str, x_t: Tensor, t: TimeLike) -> Tensor:
-        out = getattr(self.inner, method)(x_t, t)
+        if method != "denoise" and getattr(type(self.inner), method) is getattr(DiffusionModel, method):
+            # derived from denoise by the base class: derive it here from the checked denoise, so a
+            # wrong-shaped D cannot broadcast inside the conversion and pass as a right-shaped eps
+            out = getattr(DiffusionModel, method)(self, x_t, t)
+        else:
+            out = getattr(self.inner, method)(x_t, t)
         return check_output(out, x_t, model=self.inner, method=method, t=t)
 
     def denoise(self, x_t: Tensor, t: TimeLike) -> Tensor:
