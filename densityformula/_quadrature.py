@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -273,12 +273,14 @@ def _run_stage(
     device: torch.device,
     chunk_size: int,
     progress: bool,
+    keep_draws: bool = True,
 ) -> Tuple[List[Tensor], List[Tensor]]:
     """Evaluate ``f`` on ``n_sets`` independent noise sets, ``pairs[j]`` draws (or antithetic
     pairs) at node ``j`` for every point.
 
     Returns per node ``fbar`` ``(S, n, P_j)`` (antithetic pair means) and ``g = ||Z||^2 - d``
-    ``(S, n, P_j)``.
+    ``(S, n, P_j)``; with ``keep_draws=False`` their sums over the draws instead, ``(S, n)``
+    each, so that memory does not grow with the number of draws.
     """
     J = pairs.numel()
     d = int(np.prod(shape)) if len(shape) else 1
@@ -306,13 +308,17 @@ def _run_stage(
         vals = f(torch.cat(node_idx), torch.cat(point_idx), torch.cat(zrows))
         expected = sum(n * S * Pb * k for _, S, Pb in sizes)
         if vals.shape != (expected,):
-            raise RuntimeError(f"integrand returned shape {tuple(vals.shape)}, expected ({expected},)")
+            raise ValueError(f"integrand returned shape {tuple(vals.shape)}, expected ({expected},)")
         if not bool(torch.isfinite(vals).all()):
-            raise FloatingPointError("the integrand is not finite (NaN or inf from the model?)")
+            raise ValueError("the integrand is not finite (NaN or inf from the model, or an overflow in it)")
         pos = 0
         for j, S, Pb in sizes:
             m = n * S * Pb * k
-            outputs[j].append(vals[pos : pos + m].reshape(n, S, Pb, k).mean(-1).permute(1, 0, 2))  # (S, n, P)
+            block = vals[pos : pos + m].reshape(n, S, Pb, k).mean(-1).permute(1, 0, 2)  # (S, n, P)
+            if keep_draws:
+                outputs[j].append(block)
+            else:
+                outputs[j] = [block.sum(2) if not outputs[j] else outputs[j][0] + block.sum(2)]
             pos += m
         pending, pending_rows = [], 0
 
@@ -327,7 +333,11 @@ def _run_stage(
         for p0 in range(0, P[j], max_draws):  # a node alone larger than a chunk is split
             p1 = min(P[j], p0 + max_draws)
             zb = src.next_block(p1 - p0)  # (S, n, P, d): consecutive Sobol segments, node by node
-            gouts[j].append((zb * zb).sum(-1) - d)
+            gb = (zb * zb).sum(-1) - d
+            if keep_draws:
+                gouts[j].append(gb)
+            else:
+                gouts[j] = [gb.sum(2) if not gouts[j] else gouts[j][0] + gb.sum(2)]
             rows = rows_per_draw * (p1 - p0)
             if pending_rows + rows > chunk_size and pending:
                 flush()
@@ -336,6 +346,8 @@ def _run_stage(
             if pending_rows >= chunk_size:
                 flush()
     flush()
+    if not keep_draws:
+        return [outputs[j][0] for j in range(J)], [gouts[j][0] for j in range(J)]
     fbar = [torch.cat(outputs[j], 2) for j in range(J)]
     gs = [torch.cat(gouts[j], 2) for j in range(J)]
     return fbar, gs
@@ -358,6 +370,7 @@ def weighted_noise_sum(
     device: torch.device,
     chunk_size: int,
     progress: bool = False,
+    memory_budget: Optional[int] = None,
 ) -> NoiseSumResult:
     """Unbiased replicated estimates of ``S(x_i) = sum_j w_j E_Z f_j(x_i, Z)`` for ``n`` points.
 
@@ -368,12 +381,21 @@ def weighted_noise_sum(
     nodes by Neyman allocation on ``|w_j| * rms_i sd_ij``; each replicate returns
     ``sum_j w_j mean(fbar - c_ij g)``, unbiased because ``c`` comes from independent draws and
     ``E g = 0`` exactly (every Sobol point is marginally uniform).
+
+    Memory: stage 2 keeps per point, node and replicate only the sums over its draws (not the
+    draws), and with ``memory_budget`` (bytes) the points are processed in groups small enough
+    that the per-point state of a group (pilot draws, stage-2 sums, coefficients) takes at most a
+    quarter of it; the model calls themselves are bounded by ``chunk_size`` rows.  Only the
+    results, ``(R + 3 J)`` floats per point, grow with ``n``.
     """
     J = weights.numel()
     w = weights.to(device=device, dtype=torch.float64)
     k = 2 if antithetic else 1
     d = int(np.prod(shape)) if len(shape) else 1
     max_points = max(1, chunk_size // (n_replicates * k))
+    if memory_budget is not None:
+        per_point = 8 * (2 * J * max(pilot_pairs, 0) * k + 3 * n_replicates * J + 4 * J + n_replicates * d)
+        max_points = min(max_points, max(1, memory_budget // (4 * per_point)))
     if n > max_points:  # one draw for every point and replicate must fit a chunk: split the points
         parts = []
         for start in range(0, n, max_points):
@@ -384,7 +406,7 @@ def weighted_noise_sum(
                     f_part, size, shape, weights, pairs_per_replicate=pairs_per_replicate,
                     n_replicates=n_replicates, pilot_pairs=pilot_pairs, noise=noise, antithetic=antithetic,
                     control_variate=control_variate, allocation=allocation, generator=generator, device=device,
-                    chunk_size=chunk_size, progress=progress,
+                    chunk_size=chunk_size, progress=progress, memory_budget=memory_budget,
                 )
             )
         return NoiseSumResult(
@@ -431,15 +453,16 @@ def weighted_noise_sum(
         raise ValueError(f"allocation must be 'neyman' or 'uniform', got {allocation!r}")
     fb, gs = _run_stage(
         f, n, shape, alloc, n_replicates, noise=noise, antithetic=antithetic, generator=generator,
-        device=device, chunk_size=chunk_size, progress=progress,
+        device=device, chunk_size=chunk_size, progress=progress, keep_draws=False,
     )
     evals += int(alloc.sum()) * k * n_replicates
     reps = torch.zeros(n_replicates, n, dtype=torch.float64, device=device)
     node_means = torch.zeros(n, J, dtype=torch.float64, device=device)
     for j in range(J):
-        y = fb[j]  # (R, n, P_j)
-        g = gs[j]  # (R, n, P_j)
-        est = y.mean(2) - cv[None, :, j] * g.mean(2)  # (R, n)
+        P_j = float(alloc[j])
+        y = fb[j]  # (R, n): sums over the P_j draws
+        g = gs[j]  # (R, n)
+        est = y / P_j - cv[None, :, j] * (g / P_j)  # (R, n)
         reps += w[j] * est
         node_means[:, j] = est.mean(0)
     return NoiseSumResult(
