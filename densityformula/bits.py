@@ -22,6 +22,7 @@ from typing import Union
 
 import torch
 
+from ._validation import check_int
 from .estimate import Estimate
 
 Tensor = torch.Tensor
@@ -55,8 +56,7 @@ def bits_per_dim(
     Returns:
         bits per dimension, same type as ``logp``.
     """
-    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-        raise ValueError(f"d must be a positive int, got {d!r}")
+    d = check_int(d, "d", 1)
     if dequantization not in ("uniform", "none"):
         raise ValueError(f"dequantization must be 'uniform' or 'none', got {dequantization!r}")
     scale = torch.as_tensor(data_scale, dtype=torch.float64)
@@ -70,6 +70,10 @@ def bits_per_dim(
         raise ValueError("data_scale must be non-zero and finite")
     denom = d * math.log(2.0)
     if isinstance(logp, Estimate):
+        if not isinstance(logp.value, Tensor) or not bool(torch.isfinite(logp.value).all()):
+            raise ValueError("logp.value (the Estimate's log-densities) contains NaN or inf")
+        if isinstance(logp.stderr, Tensor) and bool(torch.isnan(logp.stderr).any()):
+            raise ValueError("logp.stderr (the Estimate's standard errors) contains NaN")
         value = -(logp.value + log_jac) / denom
         return Estimate(value, logp.stderr / denom, logp.nfe, logp.seconds,
                         dict(logp.extras, units="bits/dim", data_scale=data_scale, dequantization=dequantization))

@@ -21,12 +21,14 @@ import math
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from . import parameterization as P
 from . import reverse
+from ._validation import check_int, check_points, check_positive_float
 from .estimate import Estimate
-from .models import AnalyticModel, DiffusionModel, check_model
+from .models import AnalyticModel, CheckedModel, DiffusionModel, check_model, checked
 from .reverse import ReverseKernels
 from .schedules import Discrete, LiYan
 from .targets import GaussianMixture
@@ -40,14 +42,19 @@ _MAX_BATCH = 1 << 16  # points per model call
 
 
 def _check_x(model: object, x: object) -> Tensor:
+    """``x`` if it is a finite, non-empty ``(n, d)`` real floating tensor (``_validation.check_points``)."""
     check_model(model)
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (n, d), got {type(x).__name__}")
-    if x.ndim != 2 or not x.dtype.is_floating_point:
-        raise ValueError(f"x must be a floating tensor of shape (n, d), got {x.dtype} {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or inf")
-    return x
+    if x.ndim != 2:
+        raise ValueError(f"x must be a floating tensor of shape (n, d), got shape {tuple(x.shape)}")
+    return check_points(x, int(x.shape[1]), x.dtype, x.device, "x")
+
+
+def _boundary(model: DiffusionModel) -> CheckedModel:
+    """``model`` behind the model-call boundary: every output checked for shape, dtype, device and
+    finiteness (:func:`densityformula.models.checked`, idempotent)."""
+    return checked(check_model(model))
 
 
 def _check_gen(generator: object) -> None:
@@ -141,6 +148,29 @@ def _sq_errors(
     return out
 
 
+def _check_step_probs(step_probs: object, T: int) -> Tensor:
+    """``step_probs`` as a float64 CPU tensor of ``T - 1`` finite positive probabilities summing to 1."""
+    if isinstance(step_probs, Tensor):
+        if step_probs.is_complex() or step_probs.dtype == torch.bool:
+            raise TypeError(f"step_probs must be real probabilities, got dtype {step_probs.dtype}")
+        q = step_probs.detach().to(device="cpu", dtype=torch.float64)
+    else:
+        try:
+            arr = np.asarray(step_probs)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"step_probs must be a tensor of probabilities, got {type(step_probs).__name__}") from exc
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"step_probs must be real probabilities, got {type(step_probs).__name__}")
+        q = torch.as_tensor(arr, dtype=torch.float64)
+    if tuple(q.shape) != (T - 1,):
+        raise ValueError(f"step_probs must have shape ({T - 1},) (steps 2..T), got {tuple(q.shape)}")
+    if not bool(torch.isfinite(q).all()):
+        raise ValueError("step_probs contains NaN or inf")
+    if bool((q <= 0).any()) or abs(float(q.sum()) - 1.0) > 1e-8:
+        raise ValueError(f"step_probs must be ({T - 1},) positive probabilities (steps 2..T) summing to 1")
+    return q
+
+
 def _ddpm_core(
     model: DiffusionModel,
     x: Tensor,
@@ -154,12 +184,11 @@ def _ddpm_core(
     cv_data_var: Optional[float] = 1.0,
 ) -> Dict[str, Any]:
     x = _check_x(model, x)
-    if cv_data_var is not None and not (isinstance(cv_data_var, (int, float)) and cv_data_var > 0
-                                        and math.isfinite(cv_data_var)):
-        raise ValueError(f"cv_data_var must be a positive float or None, got {cv_data_var!r}")
+    model = _boundary(model)
+    if cv_data_var is not None:
+        cv_data_var = check_positive_float(cv_data_var, "cv_data_var")
     _check_gen(generator)
-    if not (isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples >= 1):
-        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    n_samples = check_int(n_samples, "n_samples", 1)
     sched = reverse.default_discrete(model, schedule)
     kern = reverse.ddpm_kernels(model, sched, variance, decoder_variance)
     T = kern.K
@@ -183,16 +212,13 @@ def _ddpm_core(
         const_sum = const.sum()
         nfe = T * n_samples
     else:
-        if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
-            raise ValueError(f"steps must be a positive int (number of sampled steps) or None, got {steps!r}")
+        steps = check_int(steps, "steps", 1)
         if T < 2:
             raise ValueError("steps needs a schedule with T >= 2")
         if step_probs is None:
             q = torch.full((T - 1,), 1.0 / (T - 1), dtype=torch.float64)
         else:
-            q = torch.as_tensor(step_probs, dtype=torch.float64).cpu()
-            if q.shape != (T - 1,) or bool((q <= 0).any()) or abs(float(q.sum()) - 1.0) > 1e-8:
-                raise ValueError(f"step_probs must be ({T - 1},) positive probabilities (steps 2..T) summing to 1")
+            q = _check_step_probs(step_probs, T)
         # the decoder term (k = 1) is the largest single term: always estimated, never sampled,
         # so that the sampled part is not dominated by how often k = 1 happens to be drawn
         err1 = _sq_errors(kern, x, torch.ones(1, dtype=torch.long, device=dev), n_samples, generator, cv)[0]
@@ -344,6 +370,9 @@ def importance_weights(
     ``chunk_size`` chain states are held at once.
     """
     x = _check_x(model, x)
+    model = _boundary(model)
+    n_chains = check_int(n_chains, "n_chains", 1)
+    chunk_size = check_int(chunk_size, "chunk_size", 1)
     _check_gen(generator)
     kern = reverse.ddpm_kernels(model, reverse.default_discrete(model, schedule), variance, decoder_variance)
     return _importance_weights(kern, x, n_chains, chunk_size, generator)
@@ -408,17 +437,24 @@ def importance_weighted(
         ``nfe = T * n_replicates * max(k)`` (shared by all ``k``).
     """
     tic = time.perf_counter()
-    ks: List[int] = [k] if isinstance(k, int) else list(k)
-    if not ks or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in ks):
-        raise ValueError(f"k must be a positive int or a sequence of them, got {k!r}")
-    if not (isinstance(n_replicates, int) and n_replicates >= 1):
-        raise ValueError(f"n_replicates must be a positive int, got {n_replicates!r}")
+    single = isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))
+    if single:
+        ks: List[int] = [check_int(k, "k", 1)]
+    else:
+        if isinstance(k, (str, bytes, bool, np.bool_)) or not isinstance(k, (Sequence, np.ndarray)):
+            raise TypeError(f"k must be a positive int or a sequence of them, got {type(k).__name__}")
+        ks = [check_int(v, "k", 1) for v in k]
+        if not ks:
+            raise ValueError("k must be a positive int or a non-empty sequence of them, got an empty sequence")
+    n_replicates = check_int(n_replicates, "n_replicates", 1)
+    chunk_size = check_int(chunk_size, "chunk_size", 1)
     kmax = max(ks)
     pool = n_replicates * kmax
     for v in ks:
         if pool % v:
             raise ValueError(f"every k must divide n_replicates * max(k) = {pool}; {v} does not")
     x = _check_x(model, x)
+    model = _boundary(model)
     _check_gen(generator)
     kern = reverse.ddpm_kernels(model, reverse.default_discrete(model, schedule), variance, decoder_variance)
     logw = _importance_weights(kern, x, pool, chunk_size, generator)
@@ -432,7 +468,7 @@ def importance_weighted(
         m = lme.shape[0]
         se = lme.std(0, unbiased=True) / math.sqrt(m) if m >= 2 else torch.full_like(lme[0], math.inf)
         res[v] = Estimate(lme.mean(0), se, T * pool, seconds, {"n_groups": m, **interval})
-    return res[ks[0]] if isinstance(k, int) else res
+    return res[ks[0]] if single else res
 
 
 def continuous(model: DiffusionModel, x: Tensor, **kwargs: Any) -> Estimate:
@@ -449,7 +485,7 @@ def continuous(model: DiffusionModel, x: Tensor, **kwargs: Any) -> Estimate:
     """
     from .formula import density_formula as _formula
 
-    model = check_model(model)
+    model = _boundary(model)
     est = _formula(model, x, **kwargs)
     est.extras.setdefault("bound", "continuous-time ELBO (I8)")
     lam_range = est.extras.get("lambda_range")
@@ -525,6 +561,10 @@ def kl_de_bruijn(
         raise TypeError(f"q must be a GaussianMixture or an AnalyticModel, got {type(q).__name__}")
     if not isinstance(p, (GaussianMixture, DiffusionModel)):
         raise TypeError(f"p must be a GaussianMixture or a DiffusionModel, got {type(p).__name__}")
+    if isinstance(p, DiffusionModel):
+        p = _boundary(p)
+    n_samples = check_int(n_samples, "n_samples", 2)
+    n_nodes = check_int(n_nodes, "n_nodes", 1)
     if lambda_range is None:
         lo, hi = -30.0, 30.0
         if isinstance(p, DiffusionModel):
@@ -537,8 +577,6 @@ def kl_de_bruijn(
             raise TypeError(f"lambda_range must be a pair of floats, got {lambda_range!r}") from exc
     if not lo < hi:
         raise ValueError(f"lambda_range must be increasing, got {lambda_range!r}")
-    import numpy as np
-
     nodes, weights = np.polynomial.legendre.leggauss(n_nodes)
     lams = 0.5 * (hi - lo) * nodes + 0.5 * (hi + lo)
     wts = 0.5 * (hi - lo) * weights

@@ -19,8 +19,8 @@ from typing import Any, Callable, List, Optional, Protocol, Tuple, runtime_check
 import torch
 
 from .. import reverse
-from .._validation import LogDensity, as_log_density, model_dtype_device
-from ..models import AnalyticModel, DiffusionModel, check_model
+from .._validation import LogDensity, as_log_density, check_int, model_dtype_device
+from ..models import AnalyticModel, CheckedModel, DiffusionModel, check_model, checked
 from ..reverse import ReverseKernels
 from ..schedules import Discrete
 
@@ -240,22 +240,26 @@ def gaussian_sampler(
             log-density that is not Gaussian raises ``ValueError``.
         dtype, device: of the law; default the model's.
     """
-    model = check_model(model)
+    model = checked(check_model(model))  # the model-call boundary: every output checked
+    inner = model.inner if isinstance(model, CheckedModel) else model
     prior_fn = as_log_density("gaussian" if prior is None else prior, "prior", strings=("gaussian",))
     if isinstance(prior_fn, LogDensity) and prior_var is not None:
         raise ValueError("prior_var sets the Gaussian prior; give prior or prior_var, not both")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if d is None:
-        if isinstance(model, AnalyticModel):
-            d = model.target.d
-        elif isinstance(model, _HasDimension):
-            d = int(model.d)
+        if isinstance(inner, AnalyticModel):
+            d = inner.target.d
+        elif isinstance(inner, _HasDimension):
+            d = int(inner.d)
         else:
             raise ValueError("d is required for a model that is not an AnalyticModel and has no .d")
     kern = reverse.sampler_kernels(
         model, sampler, schedule=schedule, variance=variance, decoder_variance=decoder_variance,
         prior_var=prior_var, times=times,
     )
-    dtype, device = model_dtype_device(model, dtype, device)
+    d = check_int(d, "d", 1)
+    dtype, device = model_dtype_device(inner, dtype, device)
     pts = torch.cat([torch.zeros(1, d, dtype=dtype, device=device), torch.eye(d, dtype=dtype, device=device)], 0)
     probe = torch.randn(1, d, generator=generator, dtype=dtype).to(device) * 2.0
     eye = torch.eye(d, dtype=dtype, device=device)

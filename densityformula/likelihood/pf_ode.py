@@ -28,12 +28,13 @@ import time
 import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 from .. import reverse
-from .._validation import LogDensity, TimeLike, as_log_density
+from .._validation import LogDensity, TimeLike, as_log_density, check_int, check_points, check_positive_float
 from ..estimate import Estimate
-from ..models import DiffusionModel, check_model, log_snr_interval
+from ..models import DiffusionModel, check_model, checked, log_snr_interval
 from ..reverse import pf_velocity
 from ..schedules import Schedule
 from ._ode import dopri5_per_point
@@ -176,7 +177,10 @@ def probability_flow(
             average meets the tolerance).
         generator: source of the Hutchinson probes.
         return_trajectory: with ``solver="batch"``, put ``(lambdas, x_path)`` in
-            ``extras["trajectory"]`` (``n_trajectory`` points from ``lambda_s`` to ``lambda_e``).
+            ``extras["trajectory"]`` (``n_trajectory`` points from ``lambda_s`` to ``lambda_e``,
+            both ends included, so ``n_trajectory`` must be an int ``>= 2``; ``ValueError`` otherwise).
+        n_trajectory: number of trajectory points (``return_trajectory`` only).
+        max_steps: ``solver="per_point"``: the most steps of any point (an int ``>= 1``).
 
     Returns:
         :class:`Estimate` with ``value`` = log-density in nats, ``stderr`` = 0 for the exact
@@ -190,21 +194,24 @@ def probability_flow(
         lambda_start)``), ``"nfe_per_point"`` (and ``"delta_logp_per_probe"`` for Hutchinson).
     """
     tic = time.perf_counter()
-    model = check_model(model)
-    if not isinstance(x, Tensor) or x.ndim != 2 or not x.dtype.is_floating_point:
-        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x must be a floating tensor of shape (n, d), got {got}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or inf")
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
-            raise ValueError(f"{name} must be a positive float, got {tol!r}")
+    model = checked(check_model(model))  # the model-call boundary: every output checked
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a floating tensor of shape (n, d), got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"x must be a floating tensor of shape (n, d), got {tuple(x.shape)}")
+    x = check_points(x, int(x.shape[1]), x.dtype, x.device, "x")
+    rtol = check_positive_float(rtol, "rtol")
+    atol = check_positive_float(atol, "atol")
+    max_steps = check_int(max_steps, "max_steps", 1)
+    if not isinstance(return_trajectory, (bool, np.bool_)):
+        raise TypeError(f"return_trajectory must be a bool, got {type(return_trajectory).__name__}")
+    if return_trajectory:
+        n_trajectory = check_int(n_trajectory, "n_trajectory", 2)
     if trace not in ("exact", "autograd", "hutchinson"):
         raise ValueError(f"trace must be 'exact', 'autograd' or 'hutchinson', got {trace!r}")
     if solver not in ("batch", "per_point", "loop"):
         raise ValueError(f"solver must be 'batch', 'per_point' or 'loop', got {solver!r}")
-    if not (isinstance(n_probes, int) and n_probes >= 1):
-        raise ValueError(f"n_probes must be a positive int, got {n_probes!r}")
+    n_probes = check_int(n_probes, "n_probes", 1)
     if probe not in ("rademacher", "gaussian"):
         raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
     prior_fn = as_log_density(prior, "prior", strings=("gaussian",))
@@ -390,6 +397,12 @@ def _solve_torchdiffeq(
             return torch.sqrt((v**2).mean())
         return torch.sqrt((v**2).mean(-1)).max()
 
+    if same and float(lam_s[0]) == float(lam_e[0]):
+        # t_min and t_max at the same log-SNR: nothing to integrate (torchdiffeq would assert)
+        k = n_trajectory if return_trajectory else 0
+        ys0 = y0[None].expand(max(k, 1), n, m)
+        lams0 = lam_s[0].double().expand(k).to(y0.device)
+        return y0, 0, ((lams0, ys0[:, :, :d]) if return_trajectory else None)
     func: Callable[[Tensor, Tensor], Tensor]
     if same:
         def func_lam(lam: Tensor, y: Tensor) -> Tensor:

@@ -12,18 +12,26 @@ points themselves, so ``log_prob(x)`` has no interpolation error.  For smooth in
 rule converges faster than any power of ``h`` once ``h`` is well below the width of every
 kernel (``sqrt(v_k)``) and of the density; ``mass`` (which should be 1) and a comparison with
 the grid halved report the grid error.
+
+The box.  Mass that a step moves outside the grid's box ``[grid[0] - h/2, grid[-1] + h/2]`` is
+lost: the grid density is a lower bound of the sampler's (``p_grid <= p`` up to the rule's
+error) whose deficit integrates to at most ``truncation`` (the prior's mass outside the box plus
+every step's leaked mass, computed exactly from the Gaussian kernels); ``grid_error =
+|mass + truncation - 1|`` is the rule's discretization error of the total mass.  The density
+outside the grid is not computed: ``log_prob`` raises ``ValueError`` there instead of returning
+the (badly) truncated value.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import torch
 
 from .. import reverse
 from .._validation import LogDensity, as_log_density, model_dtype_device
-from ..models import DiffusionModel, check_model
+from ..models import CheckedModel, DiffusionModel, check_model, checked
 from ..reverse import ReverseKernels
 from ..schedules import Discrete
 
@@ -32,6 +40,15 @@ Tensor = torch.Tensor
 __all__ = ["sampler_density_1d", "SamplerDensity1D"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _leaked(logw: Tensor, mu: Tensor, var: float, lo: float, hi: float) -> float:
+    """``sum_i exp(logw_i) P(N(mu_i, var) outside [lo, hi])``: the mass one Gaussian step moves out of the box."""
+    s = math.sqrt(var)
+    sqrt2 = math.sqrt(2.0)
+    below = 0.5 * torch.special.erfc((mu - lo) / (s * sqrt2))
+    above = 0.5 * torch.special.erfc((hi - mu) / (s * sqrt2))
+    return float((torch.exp(logw) * (below + above)).sum())
 
 
 def _log_kernel_sum(y: Tensor, logw: Tensor, mu: Tensor, var: float, chunk: int = 1 << 22) -> Tensor:
@@ -55,6 +72,13 @@ class SamplerDensity1D:
         log_density: ``(G,)`` log of the output density at the grid points.
         mass: ``h * sum(density)``, which should be 1 (grid error and truncation show here).
         kernels: the sampler's steps.
+        truncation: the box truncation: the mass lost outside ``[grid[0] - h/2, grid[-1] + h/2]``
+            (the prior's mass outside the box plus the mass each step's Gaussian kernel moved out
+            of it).  It bounds the sampler's mass outside the box, and the integral over the
+            box of ``p - p_grid`` (``p_grid <= p``: near the edges the grid density is low).
+        grid_error: the discretization error of the rectangle rule on the total mass,
+            ``|mass + truncation - 1|``.
+        support: ``(grid[0], grid[-1])``: where :meth:`log_prob` is defined.
     """
 
     grid: Tensor
@@ -63,6 +87,12 @@ class SamplerDensity1D:
     kernels: ReverseKernels
     _log_w1: Tensor
     _mu1: Tensor
+    truncation: float = 0.0
+    grid_error: float = 0.0
+
+    @property
+    def support(self) -> Tuple[float, float]:
+        return float(self.grid[0]), float(self.grid[-1])
 
     @property
     def density(self) -> Tensor:
@@ -71,18 +101,34 @@ class SamplerDensity1D:
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact last step at the query points: ``log int N(x; mu_1(u), v_1) p_1(u) du``.
 
-        ``x``: ``(n,)`` or ``(n, 1)``; returns ``(n,)``.
+        ``x``: ``(n,)`` or ``(n, 1)`` real tensor (an integer tensor is converted to the grid's
+        dtype; complex and bool tensors raise ``TypeError``); returns ``(n,)`` in ``x``'s
+        floating dtype (the grid's for integer ``x``).  Every point must lie in
+        :attr:`support` (the grid's range): ``ValueError`` otherwise, since the density beyond the
+        grid was never propagated (see :attr:`truncation`).
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+        if x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"x must be a real tensor, got dtype {x.dtype}")
         if x.ndim == 2 and x.shape[1] == 1:
             x = x[:, 0]
         if x.ndim != 1:
             raise ValueError(f"x must have shape (n,) or (n, 1), got {tuple(x.shape)}")
+        out_dtype = x.dtype if x.dtype.is_floating_point else self.grid.dtype
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x contains NaN or inf")
         xx = x.to(self.grid.dtype).to(self.grid.device)
-        return _log_kernel_sum(xx, self._log_w1, self._mu1, float(self.kernels.var[0])).to(x.dtype)
+        lo, hi = self.support
+        outside = (xx < lo) | (xx > hi)
+        if bool(outside.any()):
+            worst = float(xx[outside][0])
+            raise ValueError(
+                f"x has {int(outside.sum())} point(s) outside the grid's support [{lo:.6g}, {hi:.6g}] "
+                f"(e.g. {worst:.6g}); "
+                "the density there was not propagated: pass a wider grid to sampler_density_1d"
+            )
+        return _log_kernel_sum(xx, self._log_w1, self._mu1, float(self.kernels.var[0])).to(out_dtype)
 
 
 def sampler_density_1d(
@@ -121,7 +167,7 @@ def sampler_density_1d(
         dtype, device: of the grid; default the model's (float64 on the CPU for a model that
             states neither).
     """
-    model = check_model(model)
+    model = checked(check_model(model))  # the model-call boundary: every output checked
     prior_fn = as_log_density("gaussian" if prior is None else prior, "prior", strings=("gaussian",))
     if isinstance(prior_fn, LogDensity) and prior_var is not None:
         raise ValueError("prior_var sets the Gaussian prior; give prior or prior_var, not both")
@@ -129,11 +175,15 @@ def sampler_density_1d(
         model, sampler, schedule=schedule, variance=variance, decoder_variance=decoder_variance,
         prior_var=prior_var, times=times,
     )
-    dtype, device = model_dtype_device(model, dtype, device)
+    dtype, device = model_dtype_device(model.inner if isinstance(model, CheckedModel) else model, dtype, device)
     if grid is None:
         grid = torch.linspace(-8.0, 8.0, 1601, dtype=dtype, device=device)
     if not isinstance(grid, Tensor) or grid.ndim != 1 or grid.numel() < 3:
         raise ValueError("grid must be a 1-d tensor with at least 3 points")
+    if grid.is_complex() or not grid.dtype.is_floating_point:
+        raise TypeError(f"grid must be a real floating tensor, got dtype {grid.dtype}")
+    if not bool(torch.isfinite(grid).all()):
+        raise ValueError("grid contains NaN or inf")
     grid = grid.to(dtype=dtype, device=device)
     hs = grid[1:] - grid[:-1]
     h = float(hs.mean())
@@ -145,6 +195,7 @@ def sampler_density_1d(
             f"grid spacing {h:.3g} does not resolve the smallest step standard deviation {math.sqrt(vmin):.3g}"
         )
     logh = math.log(h)
+    box_lo, box_hi = float(grid[0]) - 0.5 * h, float(grid[-1]) + 0.5 * h
     g2 = grid[:, None]
     if isinstance(prior_fn, LogDensity):
         t_K = kern.model_t[-1].to(device).expand(grid.shape[0])
@@ -152,15 +203,22 @@ def sampler_density_1d(
             logp = prior_fn(g2, t_K).to(dtype)
         if not bool((logp < math.inf).all()) or bool(torch.isnan(logp).any()):
             raise ValueError("prior returned NaN or +inf on the grid")
+        # the prior's mass outside the box, as the rule sees it
+        truncation = max(0.0, 1.0 - float(torch.exp(torch.logsumexp(logp + logh, 0))))
     else:
         P = kern.prior_var
         logp = -0.5 * (_LOG_2PI + math.log(P)) - 0.5 * grid**2 / P
+        sP = math.sqrt(2.0 * P)
+        truncation = 0.5 * (math.erfc(-box_lo / sP) + math.erfc(box_hi / sP))
     with torch.no_grad():
         for k in range(kern.K, 1, -1):
             mu = kern.mean(g2, k)[:, 0]
+            truncation += _leaked(logh + logp, mu, float(kern.var[k - 1]), box_lo, box_hi)
             logp = _log_kernel_sum(grid, logh + logp, mu, float(kern.var[k - 1]))
         mu1 = kern.mean(g2, 1)[:, 0]
     log_w1 = logh + logp
+    truncation += _leaked(log_w1, mu1, float(kern.var[0]), box_lo, box_hi)
     log_out = _log_kernel_sum(grid, log_w1, mu1, float(kern.var[0]))
     mass = float(torch.exp(torch.logsumexp(log_out + logh, 0)))
-    return SamplerDensity1D(grid, log_out, mass, kern, log_w1, mu1)
+    grid_error = abs(mass + truncation - 1.0)
+    return SamplerDensity1D(grid, log_out, mass, kern, log_w1, mu1, truncation, grid_error)

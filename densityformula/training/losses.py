@@ -50,12 +50,12 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .._validation import as_time
-from ..models import DiffusionModel, check_model
+from .._validation import TimeLike, as_time
+from ..models import CheckedModel, DiffusionModel, check_model, check_output
 from ..schedules import Discrete, Schedule
 from .time_sampling import DeviceLike, StepSampler, TimeSampler, time_sampler
 from .weighting import ELBOWeight, TimeAverage, Weighting
@@ -100,6 +100,41 @@ def same_schedule(a: Schedule, b: Schedule) -> bool:
         elif x != y:
             return False
     return True
+
+
+class _TrainingCalls(CheckedModel):
+    """The model-call boundary of a loss (:mod:`densityformula.models.checked`): the model's
+    ``denoise`` / ``eps`` / ``score`` / ``v`` outputs checked by ``check_output`` (shape, dtype,
+    device, finiteness), with the conditioning keywords (``y=``) passed on.
+
+    Only the call path is wrapped: the outputs are the model's own tensors, so gradients flow to
+    its parameters unchanged, and the model (an ``nn.Module`` being trained) is not modified.
+    """
+
+    def _call(self, method: str, x_t: Tensor, t: TimeLike, cond: Dict[str, Any]) -> Tensor:
+        if method != "denoise" and not cond and getattr(type(self.inner), method) is getattr(DiffusionModel, method):
+            # derived from denoise (I1): derive it from the checked denoise, so that a wrong-shape
+            # denoiser output is caught before the conversion broadcasts it
+            out = getattr(DiffusionModel, method)(self, x_t, t)
+        else:
+            out = getattr(self.inner, method)(x_t, t, **cond)
+        return check_output(out, x_t, model=self.inner, method=method, t=t)
+
+    def denoise(self, x_t: Tensor, t: TimeLike, **cond: Any) -> Tensor:
+        """The model's ``denoise`` (I3), checked."""
+        return self._call("denoise", x_t, t, cond)
+
+    def eps(self, x_t: Tensor, t: TimeLike, **cond: Any) -> Tensor:
+        """The model's ``eps`` (docs/math.md section 2), checked."""
+        return self._call("eps", x_t, t, cond)
+
+    def score(self, x_t: Tensor, t: TimeLike, **cond: Any) -> Tensor:
+        """The model's ``score`` (I1), checked."""
+        return self._call("score", x_t, t, cond)
+
+    def v(self, x_t: Tensor, t: TimeLike, **cond: Any) -> Tensor:
+        """The model's ``v`` (docs/math.md section 2), checked."""
+        return self._call("v", x_t, t, cond)
 
 
 def sigmoid_log_snr(schedule: Schedule, t: Tensor) -> Tensor:
@@ -325,7 +360,8 @@ class WeightedLoss:
         noise = noise.to(x0.dtype)
         # -- rho / p err (+ offset)
         fac = self.factor(t).to(x0.dtype)
-        err = self.objective(model, NoisyBatch.make(self.schedule, x0, t, noise, y))
+        inner = model.inner if isinstance(model, CheckedModel) else model
+        err = self.objective(_TrainingCalls(inner), NoisyBatch.make(self.schedule, x0, t, noise, y))
         offset = self.objective.offset(x0)
         return fac * err if offset is None else offset + fac * err
 
