@@ -21,6 +21,11 @@ defaults are the model's valid interval (:func:`default_times`, docs/math.md I24
 - :func:`probability_flow` -- the probability-flow ODE with torchdiffeq in the log-SNR clock (I20)
 
 Each sampler carries ``stochastic`` and ``step_based`` (the :class:`Sampler` protocol).
+Every sampler puts its model behind :func:`densityformula.models.checked` once: a NaN, inf or
+wrong-shaped model output is a :class:`~densityformula.models.ModelOutputError` naming the call and
+the time; a state that overflows although the model's outputs are finite is a
+:class:`SamplerDivergedError` (a ``ValueError`` and a ``FloatingPointError``).  Empty input
+(``n=0``, an ``x_T`` without rows) is a ``ValueError`` in every sampler.
 Controllable generation: :class:`GuidedModel` (classifier guidance), :func:`inpaint`, and the exact
 likelihoods of a Gaussian mixture, :func:`gmm_class_log_likelihood` and
 :func:`gmm_inpainting_log_likelihood`.  Helpers: :func:`time_grid`, :func:`default_times`,
@@ -30,7 +35,7 @@ likelihoods of a Gaussian mixture, :func:`gmm_class_log_likelihood` and
 from ._conditional import GuidedModel, gmm_class_log_likelihood, gmm_inpainting_log_likelihood, inpaint
 from ._grid import LAM_MAX, LAM_MIN, SPACINGS, default_t_start, default_times, prior_sample, time_grid
 from ._metrics import EnergyTest, energy_distance, energy_test, ks_test, mixture_cdf
-from ._run import NoiseSampler, Sampler, SamplerInfo, gaussian_noise
+from ._run import NoiseSampler, Sampler, SamplerDivergedError, SamplerInfo, gaussian_noise
 from ._samplers import (
     SAMPLERS,
     ddim,
@@ -53,6 +58,7 @@ __all__ = [
     "SAMPLERS",
     "Sampler",
     "SamplerInfo",
+    "SamplerDivergedError",
     "NoiseSampler",
     "gaussian_noise",
     "GuidedModel",

@@ -18,7 +18,7 @@ import torch
 
 from .. import parameterization as P
 from .._validation import TimeLike
-from ..models import DiffusionModel, check_model
+from ..models import DiffusionModel, check_model, checked
 from ..schedules import Schedule
 from ..targets import GaussianMixture
 from ._grid import check_times, check_x, default_times, infer_dtype_device, model_shape, prior_sample, resolve_alias
@@ -53,6 +53,8 @@ class GuidedModel(DiffusionModel):
         if not math.isfinite(scale):
             raise ValueError(f"scale must be finite, got {scale}")
         self.base = model
+        # the model-call boundary: a NaN / wrong shape from the base model names the base model
+        self._checked_base = checked(model)
         self.schedule = model.schedule
         self.log_likelihood = log_likelihood
         self.scale = scale
@@ -86,20 +88,24 @@ class GuidedModel(DiffusionModel):
             xr = x_t.detach().requires_grad_(True)
             lp = self.log_likelihood(xr, t)
             if not isinstance(lp, Tensor) or lp.shape != (x_t.shape[0],):
-                raise ValueError(f"log_likelihood must return shape ({x_t.shape[0]},), got {getattr(lp, 'shape', lp)}")
-            (g,) = torch.autograd.grad(lp.sum(), xr)
+                got = tuple(lp.shape) if isinstance(lp, Tensor) else type(lp).__name__
+                raise ValueError(f"log_likelihood must return shape ({x_t.shape[0]},), got {got}")
+            # a log-likelihood constant in x_t guides by zero (autograd would raise a RuntimeError)
+            g = torch.autograd.grad(lp.sum(), xr, allow_unused=True)[0] if lp.requires_grad else None
+        if g is None:
+            g = torch.zeros_like(x_t)
         if not bool(torch.isfinite(g).all()):
-            raise FloatingPointError(f"the guidance gradient is not finite at t={t}")
+            raise ValueError(f"log_likelihood's gradient (the guidance) is not finite at t={t}")
         return self.scale * g
 
     def score(self, x_t: Tensor, t: TimeLike) -> Tensor:
         """Guided score ``grad log q_t(x) + scale grad log p(y | x_t)`` (Song et al. eq. 48)."""
-        return self.base.score(x_t, t) + self.guidance(x_t, t)
+        return self._checked_base.score(x_t, t) + self.guidance(x_t, t)
 
     def eps(self, x_t: Tensor, t: TimeLike) -> Tensor:
         """Guided noise prediction ``eps - sigma * guidance`` (I1)."""
         _, s = self._scales(x_t, t)
-        return self.base.eps(x_t, t) + P.score_to_eps(self.guidance(x_t, t), s)
+        return self._checked_base.eps(x_t, t) + P.score_to_eps(self.guidance(x_t, t), s)
 
     def denoise(self, x_t: Tensor, t: TimeLike) -> Tensor:
         """Guided denoiser from the guided noise prediction (I1): ``(x_t - sigma eps_g) / alpha``."""
@@ -244,7 +250,7 @@ def inpaint(
     """
     from ._samplers import SAMPLERS
 
-    model = check_model(model)
+    model = checked(check_model(model))  # the model-call boundary (the sampler's own is idempotent)
     if isinstance(sampler, str):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {tuple(SAMPLERS)} or a callable, got {sampler!r}")

@@ -12,9 +12,20 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from .. import reverse as R
+from .._validation import check_positive_float
 from ..models import DiffusionModel, check_model
-from ._grid import Callback
-from ._run import Device, NoiseSampler, Run, SamplerOutput, check_steps, finish, prepare, sampler
+from ._grid import Callback, _finite_float
+from ._run import (
+    Device,
+    NoiseSampler,
+    Run,
+    SamplerDivergedError,
+    SamplerOutput,
+    check_steps,
+    finish,
+    prepare,
+    sampler,
+)
 
 Tensor = torch.Tensor
 
@@ -76,6 +87,12 @@ def probability_flow(
     if spacing != "log_snr":
         raise ValueError("probability_flow integrates in the log-SNR clock; spacing must be 'log_snr'")
     model = check_model(model)
+    rtol = check_positive_float(rtol, "rtol")
+    atol = check_positive_float(atol, "atol")
+    lam_min = _finite_float(lam_min, "lam_min")
+    lam_max = _finite_float(lam_max, "lam_max")
+    if not lam_min < lam_max:
+        raise ValueError(f"need lam_min < lam_max, got lam_min={lam_min}, lam_max={lam_max}")
     if times is not None and steps is not None:
         raise ValueError("times is a prebuilt grid; do not also give steps")
     fixed = steps is not None or times is not None
@@ -104,7 +121,10 @@ def probability_flow(
         lo = la if math.isfinite(la) else max(lam_min, range_lo)
         hi = lb if math.isfinite(lb) else min(lam_max, range_hi)
         if not lo < hi:
-            raise ValueError(f"empty log-SNR range [{lo}, {hi}] after clipping")
+            raise ValueError(
+                f"empty log-SNR range [{lo}, {hi}] from t_max (t_start)={ts} to t_min (t_end)={te} after "
+                f"clipping an infinite end to lam_min={lam_min} / lam_max={lam_max}; move t_max or t_min"
+            )
         nodes = torch.tensor([lo, hi], dtype=f64) if steps is None else torch.linspace(lo, hi, steps + 1, dtype=f64)
         t_nodes = sched.t_from_log_snr(nodes)
         head, tail = not math.isfinite(la), not math.isfinite(lb)
@@ -123,7 +143,10 @@ def probability_flow(
         if tail:
             x = _bridge(run, x, float(t_nodes[-1]), te)
     if not bool(torch.isfinite(x).all()):
-        raise FloatingPointError(f"probability_flow: the state became non-finite at t={te}; use a tighter tolerance")
+        raise SamplerDivergedError(
+            f"probability_flow: the state became non-finite at t={te} (the model's outputs were finite); "
+            "use a tighter rtol/atol or more steps"
+        )
     if callback is not None:
         callback({"i": 0, "t": ts, "t_next": te, "x": x, "denoised": None, "nfe": run.nfe})
     ends = [torch.tensor([ts], dtype=f64)] if head else []
@@ -166,10 +189,15 @@ def _solve(
     atol: float,
 ) -> Tensor:
     lam_t = nodes.to(dtype=x.dtype, device=x.device)
-    if adaptive:
-        n_pts = x.shape[0]
-        options = {"norm": lambda e: e.reshape(n_pts, -1).pow(2).mean(1).sqrt().max()}
-        sol = odeint(rhs, x, lam_t, method=method, rtol=rtol, atol=atol, options=options)
-    else:
-        sol = odeint(rhs, x, lam_t, method=method)
+    try:
+        if adaptive:
+            n_pts = x.shape[0]
+            options = {"norm": lambda e: e.reshape(n_pts, -1).pow(2).mean(1).sqrt().max()}
+            sol = odeint(rhs, x, lam_t, method=method, rtol=rtol, atol=atol, options=options)
+        else:
+            sol = odeint(rhs, x, lam_t, method=method)
+    except AssertionError as exc:  # torchdiffeq's step-size underflow / unsorted nodes
+        raise SamplerDivergedError(
+            f"probability_flow: the ODE solver {method!r} failed ({exc}); loosen rtol/atol or pass steps="
+        ) from exc
     return sol[-1]

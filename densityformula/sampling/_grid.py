@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .._validation import resolve_device
 from ..models import DiffusionModel, check_model, log_snr_interval
 from ..schedules import Discrete, LiYan, Schedule
 
@@ -285,11 +286,10 @@ def infer_dtype_device(
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     if device is None:
         device = getattr(model, "device", None)
-    try:
-        dev = torch.device(device) if device is not None else torch.device("cpu")
-    except (TypeError, RuntimeError) as exc:
-        raise ValueError(f"device must be a torch device, got {device!r}") from exc
-    return dtype, dev
+        if device is None:
+            return dtype, torch.device("cpu")
+    # ValueError for a CUDA / MPS device that is not available, or the meta device
+    return dtype, resolve_device(device, "device")
 
 
 def model_shape(model: DiffusionModel) -> Tuple[int, ...]:
@@ -349,8 +349,31 @@ def check_x(x: object, name: str = "x_T") -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor of shape (n, ...), got {type(x).__name__}")
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating tensor, got dtype {x.dtype}")
+    if x.is_meta:
+        raise ValueError(f"{name} is a meta tensor (no values); pass a tensor on 'cpu' or 'cuda'")
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"{name} must have shape (n, ...) with n >= 1, got {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
     return x
+
+
+def check_x_shape(model: DiffusionModel, shape: Any, name: str) -> None:
+    """``ValueError`` naming ``name`` when the per-point ``shape`` (of ``x_T``, or the ``shape=``
+    argument) is not the model's ``(d,)`` (``model.d`` or ``model.target.d``); nothing when the
+    model states no ``d``."""
+    try:
+        want = model_shape(model)
+    except (ValueError, TypeError):
+        return
+    if isinstance(shape, Integral):
+        got: Tuple[int, ...] = (int(shape),)
+    else:
+        try:
+            got = tuple(int(s) for s in shape)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be a tuple of ints, got {shape!r}") from exc
+    if got != want:
+        per_point = f"(n, {', '.join(str(v) for v in want)})" if name == "x_T" else str(want)
+        shown = f"(n, {', '.join(str(v) for v in got)})" if name == "x_T" else str(got)
+        raise ValueError(f"{name} must have shape {per_point} for this model (its d = {want[0]}), got {shown}")

@@ -15,13 +15,15 @@ from typing import Any, Callable, List, Literal, Optional, Protocol, Tuple, Unio
 
 import torch
 
-from ..models import DiffusionModel, check_model
+from .._validation import check_float_dtype, check_int, resolve_device
+from ..models import DiffusionModel, check_model, checked
 from ..reverse import StepCoefficients
 from ..schedules import Discrete
 from ._grid import (
     Callback,
     check_times,
     check_x,
+    check_x_shape,
     default_times,
     infinite_coefficients,
     prior_sample,
@@ -66,6 +68,13 @@ class SamplerInfo:
 
 
 SamplerOutput = Union[Tensor, Tuple[Tensor, SamplerInfo]]
+
+
+class SamplerDivergedError(FloatingPointError, ValueError):
+    """A sampler's state became non-finite although every model output was finite (too few or too
+    large steps for the process).  A ``FloatingPointError`` (as before) and a ``ValueError`` (bad
+    arguments: the grid); a NaN or inf from the model itself is a
+    :class:`~densityformula.models.ModelOutputError` instead, naming the model call and the time."""
 
 
 @runtime_checkable
@@ -136,6 +145,12 @@ COMMON_DOC = """
     Returns:
         samples at ``t_min``, same shape, dtype and device as ``x_T``; with ``return_info``,
         ``(samples, info)``.
+    Raises:
+        ValueError / TypeError: a bad argument, named in the message (empty input ``n=0`` or an
+            ``x_T`` without rows, a meta tensor, an unavailable ``device``, ``t_max == t_min``, ...).
+        ModelOutputError: the model returned NaN / inf or a wrong shape, dtype or device (the
+            method and the time are named).
+        SamplerDivergedError: the state became non-finite although the model's outputs were finite.
 """
 
 
@@ -164,6 +179,9 @@ def check_steps(steps: Optional[int], model: DiffusionModel, default: int) -> in
     return int(steps)
 
 
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
 @dataclass
 class Run:
     """One sampler run: the model, the state, the grid, the noise source and the counters."""
@@ -185,7 +203,12 @@ class Run:
         if not isinstance(z, Tensor) or z.shape != x.shape:
             got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
             raise ValueError(f"noise_sampler must return a tensor shaped like x {tuple(x.shape)}, got {got}")
-        return z.to(dtype=x.dtype, device=x.device)
+        if z.is_meta or not (z.dtype.is_floating_point or z.dtype in _INT_DTYPES):
+            raise TypeError(f"noise_sampler must return a real tensor with values, got dtype {z.dtype} on {z.device}")
+        z = z.to(dtype=x.dtype, device=x.device)
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError(f"noise_sampler returned NaN or inf at grid index i={i} (t={self.t[i]})")
+        return z
 
     def denoise(self, x: Tensor, t: float) -> Tensor:
         self.nfe += 1
@@ -223,8 +246,20 @@ def prepare(
     finite_coefficients: bool,
     default_steps: int,
 ) -> Run:
-    """Check the shared arguments, build the grid, draw ``x_T``: a :class:`Run` ready to step."""
-    model = check_model(model)
+    """Check the shared arguments, build the grid, draw ``x_T``: a :class:`Run` ready to step.
+
+    The model goes behind the model-call boundary here, once (:func:`densityformula.models.checked`):
+    every output a step uses is checked for ``x``'s shape, dtype and device and for finiteness,
+    so a NaN from the model is a ``ModelOutputError`` naming the call and the time.  Empty input
+    (``n=0``, an ``x_T`` with no rows) is a ``ValueError`` in every sampler.
+    """
+    model = checked(check_model(model))
+    if n is not None:
+        n = check_int(n, "n", 1)
+    if dtype is not None:
+        dtype = check_float_dtype(dtype, "dtype")
+    if device is not None:
+        device = resolve_device(device, "device")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if noise_sampler is not None and not callable(noise_sampler):
@@ -258,9 +293,12 @@ def prepare(
     if x_T is None:
         if n is None:
             raise ValueError("give x_T or n")
+        if shape is not None:
+            check_x_shape(model, shape, "shape")
         x_T = prior_sample(model, n, t=float(grid[0]), shape=shape, generator=generator, dtype=dtype, device=device)
     else:
         check_x(x_T, "x_T")
+        check_x_shape(model, x_T.shape[1:], "x_T")
         if n is not None and n != x_T.shape[0]:
             raise ValueError(f"n={n} does not match x_T's batch size {x_T.shape[0]}")
         if dtype is not None and dtype != x_T.dtype:
@@ -297,7 +335,18 @@ def linear_step(run: Run, coefs: StepCoefficients, out: str) -> Step:
 
 def _check_finite(x: Tensor, name: str, t: float) -> None:
     if not bool(torch.isfinite(x).all()):
-        raise FloatingPointError(f"{name}: the state became non-finite at t={t}; use more steps or a smaller step")
+        raise SamplerDivergedError(
+            f"{name}: the state became non-finite at t={t} (the model's outputs were finite); "
+            "use more steps (steps=) or a finer grid (times=)"
+        )
+
+
+def _post(post_step: PostStep, x: Tensor, t: float) -> Tensor:
+    out = post_step(x, t)
+    if not isinstance(out, Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"post_step must return a tensor shaped like x {tuple(x.shape)}, got {got} at t={t}")
+    return out
 
 
 def execute(
@@ -315,7 +364,7 @@ def execute(
     if post_step is not None:
         if not callable(post_step):
             raise TypeError("post_step must be callable or None")
-        x = post_step(x, run.t[0])
+        x = _post(post_step, x, run.t[0])
     it: Any = range(run.N)
     if progress:
         from tqdm.auto import tqdm
@@ -325,7 +374,7 @@ def execute(
         for i in it:
             x, denoised = step(i, x)
             if post_step is not None:
-                x = post_step(x, run.t[i + 1])
+                x = _post(post_step, x, run.t[i + 1])
             _check_finite(x, run.name, run.t[i + 1])
             if callback is not None:
                 callback({"i": i, "t": run.t[i], "t_next": run.t[i + 1], "x": x, "denoised": denoised})

@@ -20,16 +20,18 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .. import reverse as R
-from ..models import DiffusionModel, check_model
+from .._validation import check_int, check_positive_float
+from ..models import DiffusionModel, check_model, checked
 from ..schedules import Schedule
 from ._flow import probability_flow
-from ._grid import Callback
+from ._grid import Callback, _finite_float, check_x, check_x_shape
 from ._run import (
     Device,
     NoiseSampler,
     PostStep,
     Run,
     Sampler,
+    SamplerDivergedError,
     SamplerOutput,
     Step,
     _randn,
@@ -148,9 +150,7 @@ def ddim(
     ``d(x/alpha) = eps_hat d(sigma/alpha)`` (first order); ``eta = 1`` has the law of
     :func:`ddpm` with ``variance="beta_tilde"``.  ``steps`` defaults to 50.
     """
-    eta = float(eta)
-    if not (math.isfinite(eta) and eta >= 0.0):
-        raise ValueError(f"eta must be a finite float >= 0, got {eta}")
+    eta = check_positive_float(eta, "eta", allow_zero=True)
     if steps is None and times is None:
         steps = 50
     run = prepare(
@@ -270,7 +270,7 @@ def _langevin(x: Tensor, score: Tensor, z: Tensor, snr: float, alpha: float, t: 
     gn = float(_per_point_norm(score).mean())
     zn = float(_per_point_norm(z).mean())
     if gn == 0.0 or not math.isfinite(gn):
-        raise FloatingPointError(f"langevin_step: the mean score norm is {gn} at t={t}; cannot set the step size")
+        raise SamplerDivergedError(f"langevin_step: the mean score norm is {gn} at t={t}; cannot set the step size")
     k = R.langevin_corrector_step(gn, zn, snr, alpha)
     return float(k.a) * x + float(k.c) * score + math.sqrt(float(k.var)) * z
 
@@ -294,9 +294,22 @@ def langevin_step(
     reference code (so the step size is shared by the batch), and ``alpha = 1 - beta_i`` (VP) or 1 (VE).
     ``noise``: the draw ``z`` (default ``torch.randn`` with ``generator``).
     """
-    model = check_model(model)
+    model = checked(check_model(model))  # the model-call boundary: a NaN score is a ModelOutputError
+    check_x(x, "x")
+    check_x_shape(model, x.shape[1:], "x")
+    t = _finite_float(t, "t")
+    snr = check_positive_float(snr, "snr")
+    alpha = check_positive_float(alpha, "alpha")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if noise is not None:
+        if not isinstance(noise, torch.Tensor) or noise.shape != x.shape:
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"noise must be a tensor shaped like x {tuple(x.shape)}, got {got}")
+        if not bool(torch.isfinite(noise).all()):
+            raise ValueError("noise contains NaN or inf")
     score = model.score(x, t)
-    z = _randn(x, generator) if noise is None else noise
+    z = _randn(x, generator) if noise is None else noise.to(dtype=x.dtype, device=x.device)
     return _langevin(x, score, z, snr, alpha, t)
 
 
@@ -345,9 +358,8 @@ def predictor_corrector(
         raise ValueError(f"predictor must be one of {_PREDICTORS}, got {predictor!r}")
     if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, Integral) or corrector_steps < 0:
         raise ValueError(f"corrector_steps must be a non-negative int, got {corrector_steps!r}")
-    snr = float(snr)
-    if not (math.isfinite(snr) and snr > 0.0):
-        raise ValueError(f"snr must be a positive float, got {snr}")
+    corrector_steps = check_int(corrector_steps, "corrector_steps", 0)
+    snr = check_positive_float(snr, "snr")
     run = prepare(
         "predictor_corrector", model, x_T, n=n, steps=steps, t_max=t_max, t_min=t_min, t_start=t_start,
         t_end=t_end, times=times, spacing=spacing, generator=generator, noise_sampler=noise_sampler,

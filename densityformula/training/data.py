@@ -16,6 +16,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
+from .._validation import check_float_dtype, check_int, check_seed, resolve_device
 from .time_sampling import DeviceLike
 
 Tensor = torch.Tensor
@@ -24,12 +25,23 @@ Batch = Tuple[Tensor, Optional[Tensor]]
 __all__ = ["DataSource", "TensorData", "SampledData", "as_data_source"]
 
 
-def _seeded(seed: int) -> torch.Generator:
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+def _seeded(seed: object) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (Python or numpy int in ``[0, 2**63)``, else an error naming it)."""
+    try:
+        value = check_seed(seed, "seed")
+    except TypeError as exc:  # a ValueError, as before, for every bad seed
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}") from exc
     g = torch.Generator(device="cpu")
-    g.manual_seed(seed)
+    g.manual_seed(value)
     return g
+
+
+def _opt_dtype(dtype: object) -> Optional[torch.dtype]:
+    return None if dtype is None else check_float_dtype(dtype, "dtype")
+
+
+def _opt_device(device: object) -> Optional[torch.device]:
+    return None if device is None else resolve_device(device, "device")
 
 
 class DataSource(ABC):
@@ -58,10 +70,11 @@ class DataSource(ABC):
 
     def to(self, device: DeviceLike = None, dtype: Optional[torch.dtype] = None) -> DataSource:
         """Return batches on ``device`` in ``dtype`` from now on (the trainer calls this); returns ``self``."""
-        if device is not None:
-            self.device = torch.device(device)
-        if dtype is not None:
-            self.dtype = dtype
+        dev, dt = _opt_device(device), _opt_dtype(dtype)
+        if dev is not None:
+            self.device = dev
+        if dt is not None:
+            self.dtype = dt
         return self
 
     def state_dict(self) -> Dict[str, object]:
@@ -103,16 +116,25 @@ class TensorData(DataSource):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
-            raise TypeError("data must be a target with .sample(), a floating tensor (N, d), or a pair (x, y)")
-        if x.ndim < 2:
-            raise ValueError(f"data must have shape (N, d), got {tuple(x.shape)}")
+            got = f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(
+                f"data must be a target with .sample(), a floating tensor (N, d), or a pair (x, y); got {got}"
+            )
+        if x.is_meta:
+            raise ValueError("data is a meta tensor (no values)")
+        if x.ndim < 2 or x.shape[0] == 0:
+            raise ValueError(f"data must have shape (N, d) with N >= 1, got {tuple(x.shape)}")
         if not bool(torch.isfinite(x).all()):
             raise ValueError("data contains NaN or inf")
-        if y is not None and (not isinstance(y, Tensor) or y.shape[0] != x.shape[0]):
-            raise ValueError("labels y must be a tensor with one row per data point")
+        if y is not None:
+            if not isinstance(y, Tensor) or y.ndim == 0 or y.shape[0] != x.shape[0]:
+                raise ValueError("labels y must be a tensor with one row per data point")
+            if y.dtype.is_floating_point or y.is_complex() or y.dtype == torch.bool:
+                raise TypeError(f"labels y must be an integer tensor (class indices), got dtype {y.dtype}")
         self.generator = _seeded(seed)
-        self.device = torch.device(device) if device is not None else x.device
-        self.dtype = dtype if dtype is not None else x.dtype
+        dev, dt = _opt_device(device), _opt_dtype(dtype)
+        self.device = dev if dev is not None else x.device
+        self.dtype = dt if dt is not None else x.dtype
         self._x = x
         self._y = y
         self.labelled = y is not None
@@ -132,6 +154,7 @@ class TensorData(DataSource):
         return int(self._x.shape[0])
 
     def next_batch(self, batch_size: int) -> Batch:
+        batch_size = check_int(batch_size, "batch_size", 1)
         N = self._x.shape[0]
         if batch_size > N:
             raise ValueError(f"data has {N} rows, fewer than batch_size={batch_size}")
@@ -182,8 +205,9 @@ class SampledData(DataSource):
         self._draw = draw
         self.labelled = bool(labelled)
         self.generator = _seeded(seed)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.dtype = dtype
+        dev = _opt_device(device)
+        self.device = dev if dev is not None else torch.device("cpu")
+        self.dtype = _opt_dtype(dtype)
 
     @classmethod
     def from_target(
@@ -203,6 +227,7 @@ class SampledData(DataSource):
         return cls(draw, labelled=labelled, seed=seed, device=device, dtype=dtype)
 
     def next_batch(self, batch_size: int) -> Batch:
+        batch_size = check_int(batch_size, "batch_size", 1)
         out = self._draw(batch_size, generator=self.generator)
         y: Optional[Tensor] = None
         if self.labelled:
@@ -214,6 +239,12 @@ class SampledData(DataSource):
             x = out
         else:
             raise TypeError(f"the sampler must return a tensor, got {type(out).__name__}")
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"the sampler (draw) must return a floating tensor, got dtype {x.dtype}")
+        if x.ndim < 1 or x.shape[0] != batch_size:
+            raise ValueError(f"the sampler (draw) must return batch_size={batch_size} rows, got shape {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("the sampler (draw) returned NaN or inf")
         return x.to(device=self.device, dtype=self.dtype if self.dtype is not None else x.dtype), y
 
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict
 
+import numpy as np
 import torch
 from torch import nn
+
+from .._validation import check_int
 
 __all__ = ["EMA"]
 
@@ -30,7 +33,8 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(decay, bool) or not (isinstance(decay, (int, float)) and 0.0 <= decay < 1.0):
+        ok = isinstance(decay, (int, float, np.integer, np.floating)) and not isinstance(decay, (bool, np.bool_))
+        if not ok or not 0.0 <= float(decay) < 1.0:  # NaN fails the range test too
             raise ValueError(f"ema_decay must be None or a float in [0, 1), got {decay!r}")
         self.decay = float(decay)
         memo: Dict[int, object] = {}
@@ -47,18 +51,32 @@ class EMA:
 
     def update(self, model: nn.Module, step: int) -> None:
         """``theta_ema <- decay_k theta_ema + (1 - decay_k) theta`` after step ``step`` (``torch.lerp``)."""
+        step = check_int(step, "step", 0)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        mine, theirs = list(self.module.parameters()), list(model.parameters())
+        if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
+            raise ValueError("model does not have the averaged network's parameters (number or shapes differ)")
         decay = self.decay_at(step)
         with torch.no_grad():
-            for pe, p in zip(self.module.parameters(), model.parameters()):
-                pe.lerp_(p, 1.0 - decay)
+            for p in theirs:
+                if not bool(torch.isfinite(p).all()):
+                    raise ValueError(f"model has NaN or inf parameters at step {step}; the average is left unchanged")
+            for pe, p in zip(mine, theirs):
+                pe.lerp_(p.to(dtype=pe.dtype, device=pe.device), 1.0 - decay)
 
     def state_dict(self) -> Dict[str, Any]:
         """The averaged module's state dict (loadable into a model built like the trained one)."""
         return self.module.state_dict()
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.module.load_state_dict(state)
+        """Restore :meth:`state_dict` (``ValueError`` naming ``state`` when it does not fit the network)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a state dict, got {type(state).__name__}")
+        try:
+            self.module.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"state does not fit the averaged network: {exc}") from exc
 
     def config(self) -> Dict[str, object]:
         """``{"decay": decay}``."""

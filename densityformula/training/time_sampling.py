@@ -25,9 +25,10 @@ import math
 from abc import ABC, abstractmethod
 from typing import Dict, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
-from .._validation import as_time
+from .._validation import as_time, check_int, check_positive_float, resolve_device
 from ..schedules import Discrete, Schedule
 
 Tensor = torch.Tensor
@@ -82,23 +83,30 @@ def _check_schedule(schedule: object) -> Schedule:
 
 
 def _check_n(n: object) -> int:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    return n
+    """``int(n)`` for a Python or numpy integer ``n >= 0``; ``TypeError`` / ``ValueError`` naming ``n``."""
+    return check_int(n, "n", 0)
 
 
 def _device(device: DeviceLike, generator: Optional[torch.Generator]) -> torch.device:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if device is not None:
-        return torch.device(device)
+        return resolve_device(device, "device")  # ValueError for an unavailable CUDA / MPS or meta device
     return generator.device if generator is not None else torch.device("cpu")
 
 
 def _check_logistic(loc: object, scale: object) -> Tuple[float, float]:
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not (scale > 0 and math.isfinite(scale)):
-        raise ValueError(f"proposal_scale must be a positive float, got {scale!r}")
-    if not isinstance(loc, (int, float)) or isinstance(loc, bool) or not math.isfinite(loc):
+    """``(loc, scale)`` as floats: ``scale`` finite and ``> 0``, ``loc`` finite (Python or numpy reals);
+    ``ValueError`` naming ``proposal_scale`` / ``proposal_loc`` otherwise (NaN included)."""
+    try:
+        scale_f = check_positive_float(scale, "proposal_scale")
+    except TypeError as exc:
+        raise ValueError(f"proposal_scale must be a positive float, got {scale!r}") from exc
+    if isinstance(loc, bool) or not isinstance(loc, (int, float, np.integer, np.floating)) or not math.isfinite(
+        float(loc)
+    ):
         raise ValueError(f"proposal_loc must be a finite float, got {loc!r}")
-    return float(loc), float(scale)
+    return float(loc), scale_f
 
 
 def check_t_range(schedule: Schedule, t_range: object) -> Tuple[float, float]:
@@ -114,10 +122,16 @@ def check_t_range(schedule: Schedule, t_range: object) -> Tuple[float, float]:
     return lo, hi
 
 
+def _check_truncation(truncation: object) -> float:
+    ok = isinstance(truncation, (int, float, np.integer, np.floating)) and not isinstance(truncation, (bool, np.bool_))
+    if not ok or not 0.0 <= float(truncation) < 0.5:  # type: ignore[arg-type]
+        raise ValueError(f"truncation must be a float in [0, 0.5), got {truncation!r}")
+    return float(truncation)  # type: ignore[arg-type]
+
+
 def truncated_range(schedule: Schedule, truncation: float = 1e-3) -> Tuple[float, float]:
     """``[t_min + c, t_max - c]`` with ``c = truncation (t_max - t_min)``: the ``"truncated"`` time range."""
-    if not isinstance(truncation, (int, float)) or isinstance(truncation, bool) or not 0.0 <= truncation < 0.5:
-        raise ValueError(f"truncation must be a float in [0, 0.5), got {truncation!r}")
+    _check_truncation(truncation)
     cut = float(truncation) * (schedule.t_max - schedule.t_min)
     return schedule.t_min + cut, schedule.t_max - cut
 
@@ -438,8 +452,8 @@ def time_sampler(
     if kind == "truncated":
         cut = truncated_range(schedule, truncation)
         t_range = cut if t_range is None else t_range
-    elif not isinstance(truncation, (int, float)) or isinstance(truncation, bool) or not 0.0 <= truncation < 0.5:
-        raise ValueError(f"truncation must be a float in [0, 0.5), got {truncation!r}")
+    else:
+        _check_truncation(truncation)
     loc, scale = _check_logistic(proposal_loc, proposal_scale)
     if isinstance(schedule, Discrete):
         if kind == "importance":
