@@ -39,6 +39,7 @@ __all__ = ["ddpm", "ddpm_objective", "importance_weighted", "continuous", "kl_de
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _MAX_BATCH = 1 << 16  # points per model call
+_BYTES_PER_ENTRY = 8  # a float64 work-array entry (the memory-budget accounting of ddpm)
 
 
 def _check_x(model: object, x: object) -> Tensor:
@@ -182,8 +183,10 @@ def _ddpm_core(
     step_probs: Optional[Tensor],
     generator: Optional[torch.Generator],
     cv_data_var: Optional[float] = 1.0,
+    memory_budget: int = 1 << 30,
 ) -> Dict[str, Any]:
     x = _check_x(model, x)
+    memory_budget = check_int(memory_budget, "memory_budget", 1)
     model = _boundary(model)
     if cv_data_var is not None:
         cv_data_var = check_positive_float(cv_data_var, "cv_data_var")
@@ -200,15 +203,22 @@ def _ddpm_core(
     cv = _cv_coefficients(kern, cv_data_var)
     if steps is None:
         ks = torch.arange(1, T + 1, device=dev)
-        err = _sq_errors(kern, x, ks, n_samples, generator, cv)  # (T, S, n)
-        loss_k = 0.5 * w[:, None, None] * err  # (T, S, n)
-        loss = loss_k.mean(1).sum(0)
-        if n_samples >= 2:
-            var = (loss_k.var(1, unbiased=True) / n_samples).sum(0)
-            se = torch.sqrt(var)
-        else:
-            se = torch.full((n,), math.inf, dtype=dt, device=dev)
-        per_step = loss_k.mean(1).T + const[None, :]  # (n, T): ell_k
+        # points in groups whose (T, S, group) work arrays fit the memory budget: the per-point
+        # result is then (T + 2) numbers, whatever n is (a single group reproduces the old stream)
+        group = max(1, memory_budget // (_BYTES_PER_ENTRY * T * n_samples * (d + 4)))
+        losses, ses, per_steps = [], [], []
+        for i0 in range(0, n, group):
+            err = _sq_errors(kern, x[i0 : i0 + group], ks, n_samples, generator, cv)  # (T, S, g)
+            loss_k = 0.5 * w[:, None, None] * err  # (T, S, g)
+            del err
+            losses.append(loss_k.mean(1).sum(0))
+            if n_samples >= 2:
+                ses.append(torch.sqrt((loss_k.var(1, unbiased=True) / n_samples).sum(0)))
+            per_steps.append(loss_k.mean(1).T + const[None, :])  # (g, T): ell_k
+            del loss_k
+        loss = torch.cat(losses)
+        se = torch.cat(ses) if n_samples >= 2 else torch.full((n,), math.inf, dtype=dt, device=dev)
+        per_step = torch.cat(per_steps)
         const_sum = const.sum()
         nfe = T * n_samples
     else:
@@ -254,6 +264,7 @@ def ddpm(
     step_probs: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
     cv_data_var: Optional[float] = 1.0,
+    memory_budget: int = 1 << 30,
 ) -> Estimate:
     """Ho et al.'s per-point DDPM ELBO of the model's ancestral sampler (I9), in nats.
 
@@ -299,6 +310,9 @@ def ddpm(
             (``sigma_k^2 = 1 - abar_k``).  ``None`` turns it off.  It removes most of the variance
             of ``L_0`` and the low-noise steps (2-D mixture, ``T = 1000``, two draws per step:
             standard error 0.93 -> 0.087 nats; docs/bench_likelihood.md).
+        memory_budget: bytes the all-steps estimate may use for its work arrays: points are
+            processed in groups of about ``memory_budget / (8 T n_samples (d + 4))``, so memory
+            does not grow with ``n`` beyond the returned per-point terms.
 
     Returns:
         :class:`Estimate`; ``nfe = T * n_samples`` (or ``(steps + 1) * n_samples``); ``extras``:
@@ -308,7 +322,7 @@ def ddpm(
     """
     tic = time.perf_counter()
     r = _ddpm_core(model, x, schedule, variance, decoder_variance, n_samples, steps, step_probs, generator,
-                   cv_data_var)
+                   cv_data_var, memory_budget)
     value = r["constant"] - r["loss"]
     extras = {"L_T": r["L_T"], "objective": r["loss"], "constant": r["constant"], "variance": variance,
               **r["interval"]}
@@ -329,6 +343,7 @@ def ddpm_objective(
     step_probs: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
     cv_data_var: Optional[float] = 1.0,
+    memory_budget: int = 1 << 30,
 ) -> Estimate:
     """The DDPM training objective: the theta-dependent part of ``-ELBO``, in nats (I7, I9).
 
@@ -341,7 +356,7 @@ def ddpm_objective(
     """
     tic = time.perf_counter()
     r = _ddpm_core(model, x, schedule, variance, decoder_variance, n_samples, steps, step_probs, generator,
-                   cv_data_var)
+                   cv_data_var, memory_budget)
     extras = {"constant": r["constant"], "variance": variance, **r["interval"]}
     return Estimate(r["loss"], r["se"], r["nfe"], time.perf_counter() - tic, extras)
 

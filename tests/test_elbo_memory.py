@@ -1,0 +1,63 @@
+"""elbo.ddpm's memory is bounded by memory_budget: beyond its per-point result it does not grow with n."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import densityformula as df
+
+_SCRIPT = """
+import resource, sys, torch, densityformula as df
+n, budget = int(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(1)
+gmm = df.targets.random_gmm(2, 3, seed=0)
+m = df.models.AnalyticModel(gmm, df.schedules.Discrete.ddpm_linear(1000))
+x = gmm.sample(n, generator=torch.Generator().manual_seed(0))
+kw = {} if budget == 0 else {"memory_budget": budget}
+e = df.elbo.ddpm(m, x, n_samples=8, generator=torch.Generator().manual_seed(1), **kw)
+assert bool(torch.isfinite(e.value).all())
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+"""
+
+
+def _peak_kib(n: int, budget: int) -> int:
+    out = subprocess.run([sys.executable, "-c", _SCRIPT, str(n), str(budget)], capture_output=True, text=True,
+                         check=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB is Linux's")
+def test_peak_memory_does_not_grow_with_n_beyond_the_budget_and_the_result():
+    budget = 8 << 20
+    T, n_small, n_large = 1000, 200, 1000
+    growth = (_peak_kib(n_large, budget) - _peak_kib(n_small, budget)) * 1024
+    # what must grow: the returned per-point arrays ((n, T) terms and a few (n,) vectors), taken
+    # with a factor 4 for the copies made while they are assembled and the allocator's slack;
+    # n_samples = 8 makes the (T, S, n) work arrays 8 times larger than that
+    result = 4 * (n_large - n_small) * (T + 8) * 8
+    assert growth < budget + result, (growth, budget, result)
+    # negative control: without the budget (1 GiB default: one group) the same n grows by the
+    # (T, S, n) work arrays, several times the budget above
+    growth_unbounded = (_peak_kib(n_large, 0) - _peak_kib(n_small, 0)) * 1024
+    assert growth_unbounded > budget + result, (growth_unbounded, budget + result)
+
+
+def test_grouped_points_give_the_same_estimate_in_law():
+    """Groups draw other noise, so values differ, but only by their standard errors: the paired
+    z-scores have mean 0 (tested at 5 standard errors of the mean) and unit scale."""
+    gmm = df.targets.random_gmm(2, 3, seed=0)
+    m = df.models.AnalyticModel(gmm, df.schedules.Discrete.ddpm_linear(200))
+    x = gmm.sample(400, generator=torch.Generator().manual_seed(0))
+    a = df.elbo.ddpm(m, x, generator=torch.Generator().manual_seed(1))
+    b = df.elbo.ddpm(m, x, generator=torch.Generator().manual_seed(1), memory_budget=1 << 18)
+    assert a.extras["terms"].shape == b.extras["terms"].shape == (400, 200)
+    z = (a.value - b.value) / torch.sqrt(a.stderr**2 + b.stderr**2)
+    assert abs(float(z.mean())) < 5 / math.sqrt(400)
+    assert 0.7 < float(z.std()) < 1.3
+    with pytest.raises(ValueError, match="memory_budget"):
+        df.elbo.ddpm(m, x, memory_budget=0)
