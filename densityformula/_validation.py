@@ -162,6 +162,8 @@ def check_points(
         raise TypeError(f"{name} must be a torch.Tensor of shape (n, {d}), got {type(x).__name__}")
     if x.is_complex() or x.dtype == torch.bool or not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a real floating tensor, got dtype {x.dtype}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (no data); pass a tensor with values")
     if x.dtype != dtype:
         raise TypeError(
             f"{name} has dtype {x.dtype} but this object works in {dtype}; convert with {name}.to({dtype})"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Union
 
+import numpy as np
 import torch
 
 from ._validation import check_int
@@ -59,6 +60,10 @@ def bits_per_dim(
     d = check_int(d, "d", 1)
     if dequantization not in ("uniform", "none"):
         raise ValueError(f"dequantization must be 'uniform' or 'none', got {dequantization!r}")
+    if isinstance(data_scale, (bool, np.bool_)) or not isinstance(data_scale, (int, float, np.number, Tensor)) or (
+        isinstance(data_scale, Tensor) and (data_scale.is_complex() or not data_scale.dtype.is_floating_point)
+    ) or isinstance(data_scale, (complex, np.complexfloating)):
+        raise TypeError(f"data_scale must be a real float or a real floating (d,) tensor, got {data_scale!r}")
     scale = torch.as_tensor(data_scale, dtype=torch.float64)
     if scale.ndim == 0:
         log_jac = d * math.log(abs(float(scale))) if float(scale) != 0 else -math.inf
@@ -70,6 +75,8 @@ def bits_per_dim(
         raise ValueError("data_scale must be non-zero and finite")
     denom = d * math.log(2.0)
     if isinstance(logp, Estimate):
+        if isinstance(logp.value, Tensor) and (logp.value.is_complex() or not logp.value.dtype.is_floating_point):
+            raise TypeError(f"logp.value must be real floating log-densities, got dtype {logp.value.dtype}")
         if not isinstance(logp.value, Tensor) or not bool(torch.isfinite(logp.value).all()):
             raise ValueError("logp.value (the Estimate's log-densities) contains NaN or inf")
         if isinstance(logp.stderr, Tensor) and bool(torch.isnan(logp.stderr).any()):
@@ -79,6 +86,8 @@ def bits_per_dim(
                         dict(logp.extras, units="bits/dim", data_scale=data_scale, dequantization=dequantization))
     if not isinstance(logp, Tensor):
         raise TypeError(f"logp must be a tensor or an Estimate, got {type(logp).__name__}")
+    if logp.is_complex() or not logp.dtype.is_floating_point:
+        raise TypeError(f"logp must be a real floating tensor of log-densities, got dtype {logp.dtype}")
     if not bool(torch.isfinite(logp).all()):
         raise ValueError("logp contains NaN or inf")
     return -(logp + log_jac) / denom

@@ -201,6 +201,10 @@ def _ddpm_core(
     w = terms["w"].to(dev, dt)
     const = terms["const"].to(dev, dt) * d
     cv = _cv_coefficients(kern, cv_data_var)
+    if steps is None and step_probs is not None:
+        raise ValueError(
+            "step_probs is used only with steps=m (importance-sampled steps); pass steps or drop step_probs"
+        )
     if steps is None:
         ks = torch.arange(1, T + 1, device=dev)
         # points in groups whose (T, S, group) work arrays fit the memory budget: the per-point

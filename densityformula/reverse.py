@@ -173,7 +173,10 @@ def ddpm_kernels(
     if variance not in ("beta", "beta_tilde"):
         raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
     if decoder_variance is not None and not (
-        isinstance(decoder_variance, (int, float)) and decoder_variance > 0 and math.isfinite(decoder_variance)
+        isinstance(decoder_variance, (int, float))
+        and not isinstance(decoder_variance, bool)
+        and decoder_variance > 0
+        and math.isfinite(decoder_variance)
     ):
         raise ValueError(f"decoder_variance must be a positive float, got {decoder_variance!r}")
     betas = schedule.betas.double()

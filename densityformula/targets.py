@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Dict, Literal, Optional, Tuple, Union, overload
 
+import numpy as np
 import numpy.typing as npt
 import torch
 from torch.types import Device
@@ -26,7 +27,9 @@ from ._validation import (
     as_float_tensor,
     as_time,
     check_float_dtype,
+    check_int,
     check_points,
+    check_seed,
     per_point_time,
     resolve_device,
 )
@@ -347,6 +350,8 @@ class GaussianMixture:
         self, n: int, generator: Optional[torch.Generator] = None, return_labels: bool = False
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """``n`` exact draws (and their component labels if ``return_labels``)."""
+        if isinstance(n, np.integer):
+            n = int(n)
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"n must be a non-negative int, got {n!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -493,11 +498,8 @@ def random_gmm(
     random rotation ``Q`` and eigenvalues spaced geometrically with ratio exactly
     ``condition_number`` (geometric mean 1); weights are a softmax of Gaussian logits.
     """
-    for name, value in (("d", d), ("K", K), ("seed", seed)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-    if d < 1 or K < 1:
-        raise ValueError(f"d and K must be >= 1, got d={d}, K={K}")
+    d, K = check_int(d, "d", 1), check_int(K, "K", 1)
+    seed = check_seed(seed)
     if not (isinstance(separation, (int, float)) and math.isfinite(separation) and separation >= 0):
         raise ValueError(f"separation must be a finite non-negative float, got {separation!r}")
     if not (isinstance(condition_number, (int, float)) and math.isfinite(condition_number) and condition_number >= 1):

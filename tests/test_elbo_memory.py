@@ -41,10 +41,31 @@ def test_peak_memory_does_not_grow_with_n_beyond_the_budget_and_the_result():
     # n_samples = 8 makes the (T, S, n) work arrays 8 times larger than that
     result = 4 * (n_large - n_small) * (T + 8) * 8
     assert growth < budget + result, (growth, budget, result)
-    # negative control: without the budget (1 GiB default: one group) the same n grows by the
-    # (T, S, n) work arrays, several times the budget above
-    growth_unbounded = (_peak_kib(n_large, 0) - _peak_kib(n_small, 0)) * 1024
-    assert growth_unbounded > budget + result, (growth_unbounded, budget + result)
+
+
+def test_work_arrays_of_each_group_fit_the_budget(monkeypatch):
+    """The grouping itself, deterministically: every (T, S, group) work array that the all-steps
+    estimate allocates fits the budget; negative control: with the default budget one group holds
+    all points and its work arrays are several times the small budget."""
+    import densityformula.elbo as E
+
+    seen = []
+    real = E._sq_errors
+
+    def spy(kern, x0, ks, n_samples, generator, cv):
+        seen.append(int(ks.shape[0]) * n_samples * int(x0.shape[0]) * (int(x0.shape[1]) + 4) * 8)
+        return real(kern, x0, ks, n_samples, generator, cv)
+
+    monkeypatch.setattr(E, "_sq_errors", spy)
+    gmm = df.targets.random_gmm(2, 3, seed=0)
+    m = df.models.AnalyticModel(gmm, df.schedules.Discrete.ddpm_linear(1000))
+    x = gmm.sample(1000, generator=torch.Generator().manual_seed(0))
+    budget = 8 << 20
+    df.elbo.ddpm(m, x, n_samples=8, generator=torch.Generator().manual_seed(1), memory_budget=budget)
+    assert len(seen) > 1 and max(seen) <= budget
+    seen.clear()
+    df.elbo.ddpm(m, x, n_samples=8, generator=torch.Generator().manual_seed(1))
+    assert len(seen) == 1 and seen[0] > 4 * budget
 
 
 def test_grouped_points_give_the_same_estimate_in_law():

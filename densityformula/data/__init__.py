@@ -23,7 +23,7 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .._validation import check_float_dtype
+from .._validation import check_float_dtype, resolve_device
 
 Tensor = torch.Tensor
 
@@ -123,7 +123,7 @@ def load_digits(
         c = c + torch.rand(c.shape, generator=generator, dtype=torch.float64)
     else:
         c = c + 0.5
-    x = (lo + (hi - lo) * c / DIGITS_LEVELS).to(dtype=dtype, device=device)
+    x = (lo + (hi - lo) * c / DIGITS_LEVELS).to(dtype=dtype, device=resolve_device(device))
     if dtype != torch.float64:
         # rounding to a narrower dtype can land exactly on hi; keep the half-open interval
         x = torch.minimum(x, torch.nextafter(torch.tensor(hi, dtype=dtype), torch.tensor(lo, dtype=dtype)).to(x.device))

@@ -15,7 +15,15 @@ import torch
 from torch import nn
 from torch.types import Device
 
-from .._validation import TimeLike, as_time, check_float_dtype, check_int, per_point_time
+from .._validation import (
+    TimeLike,
+    as_time,
+    check_float_dtype,
+    check_int,
+    check_points,
+    per_point_time,
+    resolve_device,
+)
 from ..schedules import Discrete
 from ._base import DiffusionModel
 
@@ -54,7 +62,7 @@ class AffineDenoiser(DiffusionModel, nn.Module):
         self.schedule = schedule
         self.d = d
         T = schedule.T
-        dev = torch.device(device) if device is not None else torch.device("cpu")
+        dev = resolve_device(device)
         if init == "identity":
             inv_a = torch.exp(-0.5 * schedule.log_alpha_bars)  # 1 / alpha_k, k = 0..T
             A = inv_a[:, None, None] * torch.eye(d, dtype=torch.float64)[None]
@@ -117,10 +125,9 @@ class AffineDenoiser(DiffusionModel, nn.Module):
 
     def denoise(self, x_t: Tensor, t: TimeLike) -> Tensor:
         """``D_k(x_t) = A_k x_t + b_k`` (I14)."""
-        if not isinstance(x_t, Tensor) or not x_t.dtype.is_floating_point:
-            raise TypeError("x_t must be a floating torch.Tensor")
-        if x_t.ndim != 2 or x_t.shape[1] != self.d:
-            raise ValueError(f"x_t must have shape (n, {self.d}), got {tuple(x_t.shape)}")
+        if not isinstance(x_t, Tensor):
+            raise TypeError(f"x_t must be a floating torch.Tensor, got {type(x_t).__name__}")
+        check_points(x_t, self.d, x_t.dtype, self.device, "x_t")
         k = self.steps(x_t, t)
         A = self.A.to(x_t.dtype)
         b = self.b.to(x_t.dtype)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.types import Device
 
 from .. import parameterization as P
-from .._validation import TimeLike, as_time, check_float_dtype, check_int, per_point_time
+from .._validation import TimeLike, as_time, check_float_dtype, check_int, check_seed, per_point_time, resolve_device
 from ..schedules import Schedule
 from ._base import DiffusionModel
 
@@ -144,7 +144,7 @@ class MLPDenoiser(_TimeMixin, DiffusionModel, nn.Module):
         check_int(width, "width", 1)
         check_int(depth, "depth", 1)
         check_int(embed_dim, "embed_dim", 3)
-        check_int(seed, "seed", 0)
+        seed = check_seed(seed)
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a densityformula Schedule, got {type(schedule).__name__}")
         if parameterization not in P.KINDS:
@@ -176,7 +176,7 @@ class MLPDenoiser(_TimeMixin, DiffusionModel, nn.Module):
         for layer in [self.time_mlp[0], self.time_mlp[2], self.time_proj, self.inp, *self.hidden]:
             _init_linear(layer, gen)
         _init_linear(self.out, gen, zero=zero_init_output)
-        self.to(dtype=dtype, device=device if device is not None else "cpu")
+        self.to(dtype=dtype, device=resolve_device(device))
         # the log-SNR range the network was trained on: set by the trainer, saved in the state dict
         # (``_extra_state``), so every checkpoint carries it
         self._valid_log_snr: Tuple[float, float] = (-math.inf, math.inf)
@@ -248,6 +248,10 @@ class MLPDenoiser(_TimeMixin, DiffusionModel, nn.Module):
             raise ValueError(f"x_t must have shape (n, {self.d}), got {tuple(x_t.shape)}")
         if x_t.device.type != self.device.type:
             raise ValueError(f"x_t is on {x_t.device} but the model is on {self.device}")
+        if x_t.shape[0] == 0:
+            raise ValueError(f"x_t is an empty batch (shape {tuple(x_t.shape)}); pass at least one point")
+        if not bool(torch.isfinite(x_t).all()):
+            raise ValueError("x_t contains NaN or inf")
 
     def _features(self, x_t: Tensor, cond: Optional[Tensor]) -> Tensor:
         return x_t if cond is None else torch.cat([x_t, cond], dim=1)

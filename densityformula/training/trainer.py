@@ -22,10 +22,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
 
-from .._validation import resolve_device
+from .._validation import check_seed, resolve_device
 from ..models import DiffusionModel, check_model
 from .checkpoint import FORMAT, Checkpointer, CheckpointError, atomic_save
 from .checkpoint import load_checkpoint as _read_checkpoint
@@ -83,8 +84,13 @@ def record_valid_log_snr(model: object, interval: Tuple[float, float]) -> bool:
 
 
 def _check_int(value: object, name: str, lo: int) -> int:
+    """``value`` as an int ``>= lo`` (numpy integers accepted), else ``ValueError`` naming ``name``."""
+    if isinstance(value, np.integer):
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < lo:
         raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    if name.endswith("seed"):
+        check_seed(value, name)
     return value
 
 
@@ -199,6 +205,8 @@ class Trainer:
         for name, value, lo in (("steps", steps, 1), ("batch_size", batch_size, 1), ("warmup", warmup, 0),
                                 ("checkpoint_every", checkpoint_every, 0), ("seed", seed, 0)):
             _check_int(value, name, lo)
+        steps, batch_size, warmup = int(steps), int(batch_size), int(warmup)
+        checkpoint_every, seed = int(checkpoint_every), int(seed)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
             raise ValueError(f"lr must be a positive float, got {lr!r}")
         if lr_schedule not in ("constant", "cosine"):
