@@ -58,7 +58,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from . import _quadrature as Q
-from . import parameterization as P
 from ._validation import check_int, check_positive_float, check_seed, model_dtype_device
 from .estimate import Estimate
 from .models import DiffusionModel, ExactDivergence, ModelOutputError, check_model, checked
@@ -89,22 +88,6 @@ def _check_model(model: object) -> Tuple[DiffusionModel, Schedule]:
     if not isinstance(m.schedule, Schedule):
         raise TypeError("model.schedule must be a densityformula Schedule")
     return checked(m), m.schedule
-
-
-def _predict(model: DiffusionModel, kind: str, x_t: Tensor, t: Tensor) -> Tensor:
-    """``model.eps`` / ``model.score`` (``kind``), with the denoiser checked even when derived.
-
-    A model that defines only ``denoise`` gets ``eps`` and ``score`` from the base class, which
-    calls the wrapped model's unchecked ``denoise``; a broadcastable wrong shape would pass
-    through the conversion.  Here the derivation is the base class's own (docs/math.md section 2,
-    :func:`densityformula.parameterization.convert`) on the checked denoiser, bit-identical.
-    """
-    inner = model.inner if isinstance(model, CheckedModel) else model
-    if getattr(type(inner), kind) is getattr(DiffusionModel, kind):
-        a, s = inner._scales(x_t, t)
-        return P.convert("x0", kind, model.denoise(x_t, t), x_t, a, s)
-    out: Tensor = getattr(model, kind)(x_t, t)
-    return out
 
 
 def _run_noise_sum(caller: str, x: Tensor, **kwargs: Any) -> Q.NoiseSumResult:
@@ -240,22 +223,22 @@ def _make_integrand(
         tt = t[node_idx]
         base = d * a2_vp[node_idx]
         if form == "eps":
-            e = _predict(model, "eps", x_t, tt).double()
+            e = model.eps(x_t, tt).double()
             return base - ((z - e) ** 2).sum(dims)
         if form == "denoiser":
             D = model.denoise(x_t, tt).double()
             return base - snr[node_idx] * ((x0.double() - D) ** 2).sum(dims)
         if form == "score":
-            s = _predict(model, "score", x_t, tt).double()
+            s = model.score(x_t, tt).double()
             return base - ((z + st * s) ** 2).sum(dims)
         # Hyvarinen form: -(sigma_vp^2 d + sigma_t^2 (||s||^2 + 2 div s))
         if exact is not None and div_used == "exact":
-            s = _predict(model, "score", x_t, tt).double()
+            s = model.score(x_t, tt).double()
             div = exact.score_divergence(x_t, tt).double()
         else:
             with torch.enable_grad():
                 xg = x_t.detach().requires_grad_(True)
-                sg = _predict(model, "score", xg, tt)
+                sg = model.score(xg, tt)
                 acc = torch.zeros(x_t.shape[0], dtype=torch.float64, device=device)
                 for p in range(n_probes):
                     v = (torch.randint(0, 2, x_t.shape, generator=generator, device=generator.device) * 2 - 1).to(

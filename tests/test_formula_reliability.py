@@ -68,7 +68,6 @@ def test_bad_model_output_raises_model_output_error(bad, form):
 
 def test_the_checked_path_changes_no_number():
     """The model-call boundary only checks: a derived eps / score equals the model's own, bitwise."""
-    from densityformula.formula import _predict
     from densityformula.models import checked
 
     g = random_gmm(2, 2, seed=1)
@@ -84,9 +83,9 @@ def test_the_checked_path_changes_no_number():
     x_t = _points(g, 5, 0)
     t = torch.linspace(0.1, 0.9, 5, dtype=F64)
     for kind in ("eps", "score"):
-        assert torch.equal(_predict(checked(m), kind, x_t, t), getattr(m, kind)(x_t, t))
+        assert torch.equal(getattr(checked(m), kind)(x_t, t), getattr(m, kind)(x_t, t))
     a = AnalyticModel(g, LiYan())  # overrides nothing here either way: its own methods are used
-    assert torch.equal(_predict(checked(a), "score", x_t, t), a.score(x_t, t))
+    assert torch.equal(checked(a).score(x_t, t), a.score(x_t, t))
 
 
 def test_numpy_integers_are_accepted():
