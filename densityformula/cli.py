@@ -48,7 +48,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rep.add_argument("--force", action="store_true", help="rerun experiments whose results are up to date")
     rep.add_argument("--only", nargs="*", help="run only these experiments (by name)")
     rep.add_argument("--list", action="store_true", help="list the experiments and exit")
+    val = sub.add_parser("validate", help="run every experiment at several seeds and tally the claims")
+    val.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
+    val.add_argument("--full", action="store_true", help="full budgets (default: quick)")
+    val.add_argument("--out", type=Path, default=Path("results/validation"))
+    val.add_argument("--write", type=Path, default=None, help="write the tally as markdown to this file")
+    val.add_argument("--experiments-dir", type=Path, default=None)
+    val.add_argument("--device", default="cpu")
+    val.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "validate":
+        return _validate(args, argv)
 
     try:
         seed = check_seed(args.seed, "--seed")
@@ -68,6 +78,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     print(f"report: {write_index(summaries, args.out)}")
     return exit_code(summaries)
+
+
+def _validate(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> int:
+    from .experiment._validate import validate, validation_markdown
+    from .experiment.checks import ALPHA
+
+    try:
+        seeds = [check_seed(s, "--seeds") for s in args.seeds]
+        device = resolve_device(args.device, "--device")
+        experiments = _experiments(args.experiments_dir)
+        check_out(args.out)
+    except (ValueError, TypeError) as err:
+        print(f"densityformula validate: error: {_for_cli(str(err))}", file=sys.stderr)
+        return 2
+    tally = validate(experiments, args.out, seeds=seeds, quick=not args.full, device=device, force=args.force)
+    words = list(argv) if argv is not None else sys.argv[1:]
+    text = validation_markdown(tally, "densityformula " + " ".join(words))
+    if args.write is not None:
+        args.write.parent.mkdir(parents=True, exist_ok=True)
+        args.write.write_text(text)
+        print(f"tally: {args.write}")
+    print(f"{tally['n_fail']} failed claim runs of {tally['n_runs']} (expected at most "
+          f"{tally['expected_false_failures']:.2f}); {tally['n_control_passed']} controls passed; "
+          f"{len(tally['crashed'])} crashes")
+    consistent = tally["p_at_least_observed"] >= ALPHA  # failures no more than the level allows
+    return 0 if consistent and not tally["n_control_passed"] and not tally["crashed"] else 1
 
 
 def _experiments(experiments_dir: Optional[Path]) -> List[Experiment]:
