@@ -33,7 +33,9 @@ class Quantity:
         v = float(self.value)
         if not math.isfinite(v):
             body = str(v)
-        elif v == 0 or 1e-3 <= abs(v) < 1e5 or float(v).is_integer() and abs(v) < 1e9:
+        elif v.is_integer() and abs(v) < 1e9:  # counts (steps, samples) in full: 12000, not 1.2e+04
+            body = str(int(v))
+        elif 1e-3 <= abs(v) < 1e5:
             body = f"{v:.{self.digits}g}"
         else:
             body = f"{v:.{max(self.digits - 1, 1)}e}"

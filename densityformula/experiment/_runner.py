@@ -71,6 +71,12 @@ def discover(experiments_dir: Path) -> List[Experiment]:
         what = "is a file, not a folder" if experiments_dir.exists() else "does not exist"
         raise ValueError(f"experiments folder {where} {what}; {_HINT}")
     package = script_package(experiments_dir)
+    # modules of an earlier discovery in this process (helpers imported by ``from . import _x``,
+    # found again as attributes of the package) would be reused as they were: results keyed on the
+    # edited files but made by the old code
+    for stale in [m for m in sys.modules if m.startswith(f"{package}.")]:
+        del sys.modules[stale]
+        vars(sys.modules[package]).pop(stale[len(package) + 1:].split(".")[0], None)
     found: List[Experiment] = []
     for path in sorted(experiments_dir.glob("*.py")):
         if path.name.startswith("_"):

@@ -62,7 +62,8 @@ def result_key(experiment_files: Iterable[Path], *, quick: bool, seed: int, devi
     lib = library_files()
     inputs = {
         "experiment_code": _digest(experiment_files),
-        "library_code": _digest(lib, lib[0].parent if lib else None),
+        # relative to the folder holding them all (the first file's folder need not: a/Z/x.py < a/__init__.py)
+        "library_code": _digest(lib, Path(os.path.commonpath([p.parent for p in lib])) if lib else None),
         "version": str(__version__),
         "torch": str(torch.__version__),
         "quick": str(bool(quick)),

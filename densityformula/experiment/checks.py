@@ -43,6 +43,8 @@ def t_crit(n_tests: int = 1, dof: Optional[float] = None, alpha: float = ALPHA, 
         raise ValueError(f"sided must be 1 or 2, got {sided!r}")
     if not (0.0 < alpha < 1.0):
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
+    if dof is not None and not dof > 0:  # dof=0 used to mean a normal quantile, a negative one NaN
+        raise ValueError(f"dof must be None (normal) or > 0, got {dof!r}")
     p = 1.0 - alpha / (sided * max(1, int(n_tests)))
     return float(stats.t.ppf(p, dof)) if dof else float(stats.norm.ppf(p))
 
@@ -62,6 +64,12 @@ def as_array(v: Any) -> np.ndarray:
 def _finite(name: str, a: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} has non-finite entries: a claim cannot be checked on them")
+    return a
+
+
+def _stderr(a: np.ndarray) -> np.ndarray:
+    if np.any(_finite("stderr", a) < 0):
+        raise ValueError("stderr has negative entries: a standard error is >= 0")
     return a
 
 
@@ -122,7 +130,7 @@ def agreement(
     points) where the points share noise.
     """
     est = _finite("estimate", as_array(estimate))
-    se = _finite("stderr", np.broadcast_to(as_array(stderr), est.shape).astype(float))
+    se = _stderr(np.broadcast_to(as_array(stderr), est.shape).astype(float))
     tr = _finite("truth", np.broadcast_to(as_array(truth), est.shape).astype(float))
     b = _finite("bound", np.broadcast_to(as_array(bound), est.shape).astype(float))
 
@@ -142,7 +150,7 @@ def agreement(
 def _one_sided(value: Any, stderr: Any, limit: Any, dof: Optional[float], bound: Any, unit: str, alpha: float,
                mean_stderr: Optional[float], sign: float) -> Check:
     v = _finite("value", as_array(value))
-    se = _finite("stderr", np.broadcast_to(as_array(stderr), v.shape).astype(float))
+    se = _stderr(np.broadcast_to(as_array(stderr), v.shape).astype(float))
     lim = _finite("limit", np.broadcast_to(as_array(limit), v.shape).astype(float))
     b = _finite("bound", np.broadcast_to(as_array(bound), v.shape).astype(float))
 
