@@ -36,7 +36,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check densityformula experiments tests benchmarks
 	$(VENV)/bin/mypy
 
+# The report's browser test (tests/test_report_browser.py) needs Debian's chromium: `make test` installs it
+# when it is missing and we are root with apt-get; where that fails the test skips and says why.
 test: $(STAMP)
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for tests/test_report_browser.py"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+			|| echo "could not install chromium: tests/test_report_browser.py will skip"; \
+	fi
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -q tests
 
 test-fast: $(STAMP)

@@ -1,13 +1,14 @@
-"""`densityformula reproduce --force` killed (SIGKILL) midway, then rerun (issue 9).
+"""`densityformula reproduce --force` killed (SIGKILL) midway, then rerun (issues 9 and 10).
 
-Three fake experiments ``a``, ``b``, ``c`` (run in that order) write a table and a claim with the
-version that ``<tmp>/version.txt`` holds; ``b`` writes its table first and then, when asked, says
-it has started and sleeps, so that the run can be killed while ``b`` is halfway through.
+Three toy experiments ``a``, ``b``, ``c`` (run in that order) note the version that
+``<tmp>/version.txt`` holds; ``b``'s ``compute`` first writes a partial table into its folder and
+then, when asked (``DF_TEST_STARTED_FILE``), says it has started and sleeps, so that the run can be
+killed while ``b`` is halfway through.
 
-Both tests fail on the cli.py before issue 9 (`git show 63cc42f:densityformula/cli.py`): it ran
-``b`` into its final folder, so the kill left ``b``'s old ``summary.json`` beside its new
-``table.csv``, and the rerun without ``--force`` kept that mix (and ``c``'s old results) as if
-complete.
+Before issue 9 the kill left ``b``'s old ``summary.json`` beside its new table, and a rerun
+without ``--force`` kept that mix (and ``c``'s old results) as if complete.  Here: the killed run
+leaves ``a`` replaced, ``b`` and ``c`` whole and old, and the next plain run finishes the
+interrupted ``--force``, giving the same report as an uninterrupted run.
 """
 import json
 import os
@@ -27,20 +28,42 @@ REPO = Path(__file__).resolve().parents[1]
 COMMAND = [sys.executable, "-m", "densityformula.cli"]
 
 EXPERIMENT = '''
-import os, time
+import os
+import time
 from pathlib import Path
-NAME = "{name}"
-TITLE = "Experiment {name}"
 
-def run(out_dir, *, quick, seed):
-    version = Path(os.environ["DF_TEST_VERSION_FILE"]).read_text().strip()
-    (out_dir / "table.csv").write_text(f"name,version\\n{name},{{version}}\\n")
-    started = os.environ.get("DF_TEST_STARTED_FILE")
-    if {sleeps} and started:
-        Path(started).write_text("started")
-        time.sleep(120)
-    return {{"claims": [{{"name": "version", "value": version, "expected": version, "passed": True}}],
-            "tables": ["table.csv"], "notes": [f"made by version {{version}}"]}}
+from densityformula.experiment import Claim, Control, Experiment, checks
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Toy(Experiment):
+    name = "__NAME__"
+    title = "Experiment __NAME__"
+    claim = "it knows its version"
+
+    def compute(self, ctx):
+        version = (ROOT / "version.txt").read_text().strip()
+        (ctx.out_dir / "table.csv").write_text(f"name,version\\npartial,{version}\\n")
+        started = os.environ.get("DF_TEST_STARTED_FILE")
+        if __SLEEPS__ and started:
+            Path(started).write_text("started")
+            time.sleep(120)
+        return {"version": version}
+
+    def claims(self, r, ctx):
+        v = float(r["version"])
+        yield Claim("version", "the version is what version.txt says", checks.within(v, v, atol=0.1),
+                    Control("version raised", 1.0, search=False))
+
+    def tables(self, r, ctx):
+        return {"table.csv": [{"name": self.name, "version": r["version"]}]}
+
+    def notes(self, r, ctx):
+        return [f"made by version {r['version']}"]
+
+
+EXPERIMENT = Toy()
 '''
 
 
@@ -48,7 +71,7 @@ def _experiments(tmp_path: Path) -> Path:
     exp = tmp_path / "experiments"
     exp.mkdir()
     for name in "abc":
-        (exp / f"{name}.py").write_text(EXPERIMENT.format(name=name, sleeps=name == "b"))
+        (exp / f"{name}.py").write_text(EXPERIMENT.replace("__NAME__", name).replace("__SLEEPS__", str(name == "b")))
     return exp
 
 
@@ -61,10 +84,11 @@ def _report(out: Path) -> dict:
         text = path.read_text()
         if path.name == "summary.json":
             summary = json.loads(text)
-            summary.pop("seconds")
+            for key in ("seconds", "compute_seconds", "computed_at"):
+                summary.pop(key)
             text = json.dumps(summary, sort_keys=True)
         elif path.name == "index.html":
-            text = re.sub(r"seed=(\d+), [0-9.]+ s\.", r"seed=\1, ? s.", text)
+            text = re.sub(r"computed \S+ in [0-9.]+ s;", "computed ? in ? s;", text)
         found[str(path.relative_to(out))] = text
     return found
 
@@ -73,12 +97,15 @@ def _run(exp: Path, out: Path, *extra: str) -> int:
     return cli.main(["reproduce", "--experiments-dir", str(exp), "--out", str(out), *extra])
 
 
+def _version(out: Path, name: str) -> str:
+    return json.loads((out / name / "summary.json").read_text())["notes"][0]
+
+
 @pytest.fixture
 def killed_force(tmp_path, monkeypatch):
     """Results of version 1 in ``out``; then ``--force`` with version 2, SIGKILLed during ``b``."""
     exp = _experiments(tmp_path)
     version = tmp_path / "version.txt"
-    monkeypatch.setenv("DF_TEST_VERSION_FILE", str(version))
     monkeypatch.delenv("DF_TEST_STARTED_FILE", raising=False)
     out = tmp_path / "results"
     version.write_text("1")
@@ -111,15 +138,26 @@ def killed_force(tmp_path, monkeypatch):
 
 def test_killed_force_leaves_old_results_intact(killed_force):
     exp, out, old = killed_force
-    assert json.loads((out / "a" / "summary.json").read_text())["claims"][0]["value"] == "2"  # finished: replaced
+    assert _version(out, "a") == "made by version 2"  # finished before the kill: replaced
     assert _report(out / "b") == old["b"]  # killed while running: the old results, whole
     assert _report(out / "c") == old["c"]  # not reached: untouched
+    # what the kill left: b's partial folder under a temporary name, and the list of what --force
+    # had not replaced yet
+    leftovers = sorted(p.name for p in out.iterdir() if p.name.startswith(".b.tmp-"))
+    assert len(leftovers) == 1 and (out / leftovers[0] / "table.csv").read_text() == "name,version\npartial,2\n"
+    assert json.loads((out / ".force-pending.json").read_text()) == {"names": ["b", "c"]}
 
 
-def test_rerun_after_killed_force_equals_an_uninterrupted_run(killed_force, tmp_path):
+def test_rerun_after_killed_force_equals_an_uninterrupted_run(killed_force, tmp_path, capsys):
     exp, out, _ = killed_force
+    capsys.readouterr()
     assert _run(exp, out) == 0  # without --force: the interrupted --force is finished
+    said = capsys.readouterr().out
+    assert "[a] up to date" in said
+    assert "[b] an interrupted --force run had not replaced these results; rerunning" in said
+    assert "[c] an interrupted --force run had not replaced these results; rerunning" in said
     reference = tmp_path / "reference"
     assert _run(exp, reference) == 0  # version 2, never interrupted
     assert _report(out) == _report(reference)
-    assert "version 2" in (out / "index.html").read_text() and "version 1" not in (out / "index.html").read_text()
+    page = (out / "index.html").read_text()
+    assert page.count("made by version 2") == 3 and "version 1" not in page
