@@ -76,7 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summaries = run_experiments(
         experiments, args.out, quick=not args.full, seed=seed, device=device, force=args.force, only=args.only
     )
-    print(f"report: {write_index(summaries, args.out)}")
+    print(f"report: {write_index(summaries, args.out, experiments)}")
     return exit_code(summaries)
 
 

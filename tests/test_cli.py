@@ -444,6 +444,23 @@ def test_editing_one_experiment_reruns_only_it_and_archives_its_results(tmp_path
     assert sorted(p.name for p in out.iterdir()) == [".archive", "a", "b", "index.html"]
 
 
+def test_report_marks_results_not_rerun_but_stale(tmp_path):
+    """An --only run still shows the other experiments' results; an edited one is marked stale, not current."""
+    exp = _setup(tmp_path, "a", "b")
+    out = tmp_path / "r"
+    assert _reproduce(exp, out) == 0
+    assert "stale" not in (out / "index.html").read_text()
+    path = exp / "a.py"
+    path.write_text(path.read_text().replace("FACTOR = 1  #", "FACTOR = 10  #"))
+    assert _reproduce(exp, out, "--only", "b") == 0
+    page = (out / "index.html").read_text()
+    assert page.count("class='fail stale'") == 1 and "code or versions changed" in page
+    assert "Toy experiment a" in page  # still shown, with its old verdicts, but marked
+    (exp / "a.py").unlink()  # an experiment that no longer exists
+    assert _reproduce(exp, out, "--only", "b") == 0
+    assert "no experiment of this name" in (out / "index.html").read_text()
+
+
 def test_editing_a_helper_reruns_every_experiment_of_the_folder(tmp_path, capsys):
     exp = _setup(tmp_path, "a", "b")
     out = tmp_path / "r"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from . import _store
 
@@ -31,14 +31,34 @@ _SCRIPT = (
 )
 
 
-def collect(summaries: Sequence[Dict[str, Any]], out: Path) -> List[Dict[str, Any]]:
-    """This run's summaries plus the complete results of other experiments already in ``out`` (by name)."""
+def collect(
+    summaries: Sequence[Dict[str, Any]], out: Path, experiments: Optional[Sequence[Any]] = None
+) -> List[Dict[str, Any]]:
+    """This run's summaries plus the complete results of other experiments already in ``out`` (by name).
+
+    With ``experiments`` (the experiments of the checkout), each result not from this run is
+    re-keyed against today's code: one whose key differs gets ``"stale"`` (why), so the report
+    never shows an old verdict as current.
+    """
     by_name = {s["name"]: s for s in summaries}
+    known = {e.name: e for e in experiments or ()}
     for path in sorted(out.glob("*/summary.json")):
         if path.parent.name not in by_name:
             s = _store.load_result(path)
-            if s is not None and s.get("name") == path.parent.name:
-                by_name[s["name"]] = s
+            if s is None or s.get("name") != path.parent.name:
+                continue
+            if experiments is not None:
+                s = dict(s)
+                exp = known.get(s["name"])
+                inputs = s.get("inputs") or {}
+                if exp is None:
+                    s["stale"] = "no experiment of this name in the experiments folder"
+                else:
+                    now = _store.result_key(exp.source_files(), quick=bool(s.get("quick")),
+                                            seed=int(s.get("seed", 0)), device=str(inputs.get("device", "cpu")))
+                    if now["key"] != s.get("key"):
+                        s["stale"] = "the code or versions changed since it was computed: rerun it"
+            by_name[s["name"]] = s
     return [by_name[k] for k in sorted(by_name)]
 
 
@@ -97,10 +117,15 @@ def _claims_table(s: Dict[str, Any]) -> List[str]:
     return parts
 
 
-def write_index(summaries: Sequence[Dict[str, Any]], out: Path) -> Path:
-    """Write ``out/index.html`` for ``summaries`` and every other complete result in ``out``; its path."""
+def write_index(
+    summaries: Sequence[Dict[str, Any]], out: Path, experiments: Optional[Sequence[Any]] = None
+) -> Path:
+    """Write ``out/index.html`` for ``summaries`` and every other complete result in ``out``; its path.
+
+    Pass ``experiments`` to have results not from this run checked for staleness (:func:`collect`).
+    """
     out = Path(out)
-    summaries = collect(summaries, out)
+    summaries = collect(summaries, out, experiments)
     n_claims = sum(len(s["claims"]) for s in summaries)
     n_hold = sum(c.get("status") == "holds" for s in summaries for c in s["claims"])
     n_detect = sum(not (c.get("control") or {}).get("passed", True) for s in summaries for c in s["claims"])
@@ -131,6 +156,8 @@ def write_index(summaries: Sequence[Dict[str, Any]], out: Path) -> Path:
             f"{html.escape(versions)}, inputs key {html.escape(str(s.get('key', '?'))[:12])}. "
             f"<a href='{html.escape(name)}/summary.json'>summary.json</a></p>"
         )
+        if s.get("stale"):
+            parts.append(f"<p class='fail stale'>stale: {html.escape(str(s['stale']))}.</p>")
         if s.get("error"):
             parts.append("<p class='fail'>crashed: not a result; the next run retries it.</p>")
             if s.get("kept_previous"):
