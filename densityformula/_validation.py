@@ -179,6 +179,139 @@ def check_points(
     return x
 
 
+#: the floating dtypes models, samplers and losses compute in; half precision is refused
+FULL_PRECISION = (torch.float32, torch.float64)
+
+
+def check_full_precision(x: Tensor, name: str) -> Tensor:
+    """``x`` if its dtype is float32 or float64, else ``TypeError`` naming ``name``.
+
+    Half precision (float16, bfloat16) is refused rather than silently upcast: the conversions
+    of docs/math.md section 2 divide by ``sigma`` and ``alpha``, and a float16 state (3 significant
+    digits, largest value 65504) loses them long before the small-noise end.  Mixed-precision
+    training keeps ``x`` in float32 and lets autocast pick the matmul precision.
+    """
+    if x.dtype not in FULL_PRECISION:
+        raise TypeError(
+            f"{name} has dtype {x.dtype}; half precision is not supported here (float32 or float64 only): "
+            f"convert with {name}.to(torch.float32)"
+        )
+    return x
+
+
+def check_real_tensor(x: object, name: str) -> Tensor:
+    """``x`` if it is a ``torch.Tensor`` of a real floating dtype with values (not on ``meta``).
+
+    Raises:
+        TypeError: not a tensor, or an integer, bool or complex tensor (refused, never converted:
+            an integer tensor would be truncated and a complex one silently accepted); names ``name``.
+        ValueError: a ``meta`` tensor (no values); names ``name``.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex() or not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a real floating tensor, got dtype {x.dtype}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (no data); pass a tensor with values")
+    return x
+
+
+def model_dimension(model: object) -> Optional[int]:
+    """The data dimension ``d`` a model states (``model.d``, or ``model.target.d`` for an analytic
+    model; optional attributes of the model contract), or ``None`` when it states none."""
+    d = getattr(model, "d", None)
+    if d is None:
+        d = getattr(getattr(model, "target", None), "d", None)
+    if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+        return None
+    return int(d)
+
+
+def check_batch_shape(x: Tensor, name: str, model: object) -> Tensor:
+    """``x`` if it is a batch ``(n, d)`` (``n >= 1``) for ``model``'s dimension ``d``; a model that
+    states no ``d`` (:func:`model_dimension`) takes any ``(n, ...)`` with ``n >= 1``.
+
+    Raises:
+        ValueError: another shape (an extra axis, a wrong ``d``, no rows); names ``name``.
+    """
+    d = model_dimension(model)
+    if d is not None and (x.ndim != 2 or x.shape[1] != d):
+        raise ValueError(f"{name} must have shape (n, {d}) for this model (its d = {d}), got {tuple(x.shape)}")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (n, d) with n >= 1, got {tuple(x.shape)}")
+    return x
+
+
+class ZeroScaleError(ValueError):
+    """A scale (``alpha`` or ``sigma``) is zero where a conversion divides by it (docs/math.md section 2).
+
+    Raised by :mod:`densityformula.parameterization` (public there as
+    ``densityformula.parameterization.ZeroScaleError``); a model's method that meets it (e.g. an
+    eps-network's ``denoise`` where ``alpha = 0``) is reported at the model-call boundary as a
+    :class:`~densityformula.models.ModelOutputError` naming the method and the time.
+    """
+
+
+def check_scale(value: object, name: str, like: Tensor, like_name: str = "x", *, positive: bool = False,
+                why: str = "") -> Union[float, Tensor]:
+    """A scale (``alpha`` or ``sigma`` of docs/math.md section 1) to broadcast against ``like``.
+
+    A real number (Python / numpy) or a real tensor that is 0-d, ``(n,)`` with ``n = like.shape[0]``,
+    or broadcastable to ``like``'s shape; every value finite and ``>= 0`` (``> 0`` with
+    ``positive``, for a scale divided by; ``why`` says so in the message).  Returns a float or the tensor.
+
+    Raises:
+        TypeError: not a real number or a real tensor; names ``name``.
+        ValueError: NaN / inf, negative (or zero with ``positive``) values, or a shape that does not
+            broadcast against ``like``; names ``name``.
+    """
+    bound = "> 0" if positive else ">= 0"
+    tail = f" ({why})" if why else ""
+    if isinstance(value, Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must be a real number or a real tensor, got dtype {value.dtype}")
+        if value.device.type == "meta":
+            raise ValueError(f"{name} is a meta tensor (no data); pass a tensor with values")
+        n = like.shape[0] if like.ndim else 1
+        if value.ndim == 1 and value.shape[0] not in (1, n):
+            raise ValueError(
+                f"{name} has shape {tuple(value.shape)}: a per-point scale must have shape ({n},) "
+                f"for {like_name} of shape {tuple(like.shape)}"
+            )
+        if value.ndim > 1:
+            lead = like.ndim - value.ndim
+            ok_shape = lead >= 0 and all(v in (1, w) for v, w in zip(value.shape, like.shape[lead:]))
+            if not ok_shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(value.shape)}, which does not broadcast against {like_name} "
+                    f"of shape {tuple(like.shape)}"
+                )
+        if value.numel():
+            v = value.detach()
+            finite = torch.isfinite(v)
+            good = finite & ((v > 0) if positive else (v >= 0))
+            if not bool(good.all()):
+                if not bool(finite.all()):
+                    raise ValueError(f"{name} contains NaN or inf")
+                low = float(v.min())
+                error = ZeroScaleError if low == 0 else ValueError
+                raise error(f"{name} must be {bound}{tail}, got a minimum of {low:.6g}")
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (Real, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number or a real tensor, got {type(value).__name__}")
+    try:
+        out = float(value)
+    except OverflowError as exc:
+        raise ValueError(f"{name} must be finite, got {value!r}") from exc
+    if not np.isfinite(out):
+        raise ValueError(f"{name} must be finite, got {out}")
+    if out < 0:
+        raise ValueError(f"{name} must be {bound}{tail}, got {out}")
+    if positive and out == 0:
+        raise ZeroScaleError(f"{name} must be {bound}{tail}, got {out}")
+    return out
+
+
 def as_time(t: TimeLike, name: str = "t", *, like: Optional[Tensor] = None) -> Tensor:
     """Convert ``t`` (float, 0-d or 1-d tensor) to a float64 tensor, rejecting NaN.
 

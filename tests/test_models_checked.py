@@ -33,9 +33,13 @@ BAD = {
 def test_every_bad_output_is_a_model_output_error_naming_the_method_and_time(kind, method):
     with pytest.raises(ModelOutputError, match=r"_Fake\.denoise\(x_t, t = 0\.5\)"):
         getattr(checked(_Fake(BAD[kind])), method)(X, 0.5)
-    # negative control: the unchecked model lets every one of these through without an error
-    # (a finite or NaN tensor, broadcast by the conversion), except a non-tensor in derived methods
-    if kind != "not a tensor":
+    # negative control: the unchecked model lets every one of these through without an error (a
+    # finite or NaN tensor), except in derived methods a non-tensor and a wrong shape, which the
+    # conversion (parameterization.convert) refuses since it no longer broadcasts one (issue 9)
+    if method != "denoise" and kind in ("not a tensor", "broadcastable shape"):
+        with pytest.raises((TypeError, ValueError)):
+            getattr(_Fake(BAD[kind]), method)(X, 0.5)
+    elif kind != "not a tensor":
         getattr(_Fake(BAD[kind]), method)(X, 0.5)
 
 

@@ -13,11 +13,18 @@ import numpy as np
 import pytest
 import torch
 
+from densityformula import parameterization as P
 from densityformula._validation import (
+    ZeroScaleError,
+    check_batch_shape,
+    check_full_precision,
     check_int,
     check_points,
     check_positive_float,
+    check_real_tensor,
+    check_scale,
     check_seed,
+    model_dimension,
     resolve_device,
 )
 
@@ -161,3 +168,132 @@ def test_check_points_bad_types_are_type_errors(x: object) -> None:
 def test_check_points_bad_values_are_value_errors(x: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="pts"):
         check_points(x.double(), 2, torch.float64, CPU, "pts")
+
+
+# ------------------------------------------------------------- the one integer rule (issue 9)
+def test_one_integer_rule_for_schedules_and_the_trainer() -> None:
+    """Before: ``schedules._positive_int`` and ``training.trainer._check_int`` were private copies of
+    ``check_int`` with their own messages, raising ``ValueError`` for a wrong type; now every integer
+    argument goes through ``check_int`` (``TypeError`` for a non-integer, ``ValueError`` below the
+    minimum, numpy integers accepted) and seeds through ``check_seed``."""
+    import densityformula.schedules as S
+    import densityformula.training.trainer as trainer_module
+
+    assert not hasattr(S, "_positive_int") and not hasattr(trainer_module, "_check_int")
+    with pytest.raises(TypeError, match=r"T must be an int, got float"):
+        S.Discrete.ddpm_linear(2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"T must be >= 1, got 0"):
+        S.Discrete.ddpm_cosine(0)
+    assert S.Discrete.ddpm_linear(np.int64(30)).T == 30
+    from densityformula import models, training
+
+    net = models.MLPDenoiser(1, S.VPCosine(), width=4, depth=1, dtype=torch.float64)
+    x = torch.zeros(8, 1, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"steps must be an int, got str"):
+        training.Trainer(net, x, steps="2", batch_size=4, device="cpu", progress=False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"warmup must be >= 0, got -1"):
+        training.Trainer(net, x, steps=2, batch_size=4, warmup=-1, device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"seed must be < 2\*\*63"):
+        training.Trainer(net, x, steps=2, batch_size=4, seed=2**63, device="cpu", progress=False)
+    # the largest seed is accepted: the noise seed seed + 1 wraps instead of overflowing
+    tr = training.Trainer(net, x, steps=1, batch_size=4, seed=2**63 - 1, device="cpu", progress=False)
+    assert tr.noise_generator.initial_seed() == 0
+
+
+# ----------------------------------------------------- tensors, scales, precision (issue 9)
+@pytest.mark.parametrize("x", [torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.bool),
+                               torch.zeros(2, dtype=torch.complex128), [0.0, 1.0]])
+def test_check_real_tensor_refuses_non_real_floating(x: object) -> None:
+    with pytest.raises(TypeError, match="out"):
+        check_real_tensor(x, "out")
+
+
+def test_check_real_tensor_meta_is_value_error() -> None:
+    with pytest.raises(ValueError, match="out is a meta tensor"):
+        check_real_tensor(torch.zeros(2, device="meta"), "out")
+
+
+@pytest.mark.parametrize("value, err, pattern", [
+    ("0.5", TypeError, "sigma must be a real number"), (True, TypeError, "sigma"), (0.5j, TypeError, "sigma"),
+    (math.nan, ValueError, "sigma must be finite"), (math.inf, ValueError, "sigma must be finite"),
+    (-0.1, ValueError, "sigma must be > 0"), (0.0, ZeroScaleError, "sigma must be > 0"),
+    (torch.tensor([0.5, math.nan]), ValueError, "sigma contains NaN"),
+    (torch.tensor([0.5, 0.0]), ZeroScaleError, "sigma must be > 0"),
+    (torch.tensor([0.5, 0.5, 0.5]), ValueError, r"sigma has shape \(3,\)"),
+    (torch.ones(2, 3), ValueError, "does not broadcast"),
+])
+def test_check_scale_names_the_scale(value: object, err: type, pattern: str) -> None:
+    with pytest.raises(err, match=pattern):
+        check_scale(value, "sigma", torch.zeros(2, 2), "x_t", positive=True)
+
+
+def test_check_scale_accepts_floats_and_broadcastable_tensors() -> None:
+    like = torch.zeros(2, 3)
+    assert check_scale(np.float64(0.5), "alpha", like) == 0.5 and check_scale(0, "alpha", like) == 0.0
+    for v in (torch.tensor(0.5), torch.tensor([0.5, 0.6]), torch.tensor([0.5]), torch.full((2, 1), 0.5)):
+        assert check_scale(v, "alpha", like, positive=True) is v
+
+
+def test_check_full_precision() -> None:
+    for dt in (torch.float32, torch.float64):
+        check_full_precision(torch.zeros(1, dtype=dt), "x_T")
+    for dt in (torch.float16, torch.bfloat16):
+        with pytest.raises(TypeError, match=r"x_T has dtype torch\.(b?float16); half precision"):
+            check_full_precision(torch.zeros(1, dtype=dt), "x_T")
+
+
+def test_model_dimension_and_batch_shape() -> None:
+    from densityformula import models, schedules, targets
+
+    gmm = targets.random_gmm(2, 2, seed=0)
+    analytic = models.AnalyticModel(gmm, schedules.LiYan())
+    assert model_dimension(analytic) == 2 and model_dimension(models.checked(analytic)) == 2
+    assert model_dimension(object()) is None
+    check_batch_shape(torch.zeros(3, 2), "x0", analytic)
+    with pytest.raises(ValueError, match=r"x0 must have shape \(n, 2\) for this model \(its d = 2\), got \(3, 3\)"):
+        check_batch_shape(torch.zeros(3, 3), "x0", analytic)
+    with pytest.raises(ValueError, match="x0"):
+        check_batch_shape(torch.zeros(3, 2, 1), "x0", analytic)
+    with pytest.raises(ValueError, match="n >= 1"):
+        check_batch_shape(torch.zeros(0, 4), "x0", object())
+
+
+# ------------------------------------------------------------ parameterization (issue 9)
+X = torch.tensor([[0.3, -0.2], [1.0, 0.5]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("call, err, pattern", [
+    # before: "can't multiply sequence by non-int" (not naming out), complex / int accepted
+    (lambda: P.convert("x0", "eps", "x0", X, 0.6, 0.8), TypeError, r"\bout must be a torch.Tensor"),
+    (lambda: P.convert("x0", "eps", X, X.to(torch.complex128), 0.6, 0.8), TypeError, r"x_t must be a real floating"),
+    (lambda: P.convert("x0", "eps", X, X.to(torch.int64), 0.6, 0.8), TypeError, r"x_t must be a real floating"),
+    (lambda: P.x0_to_eps(X, "x0", 0.6, 0.8), TypeError, r"\bx0 must be a torch.Tensor"),
+    # before: a wrong-shaped prediction broadcast silently (or raised torch's RuntimeError)
+    (lambda: P.convert("x0", "eps", torch.cat([X, X], 1), X, 0.6, 0.8), ValueError, r"out has shape \(2, 4\)"),
+    (lambda: P.eps_x0_to_v(X, X[:, :1], 0.6, 0.8), ValueError, r"x0 has shape \(2, 1\)"),
+    # before: NaN / inf scales gave NaN / inf, sigma = 0 gave NaN, negative sigma was accepted
+    (lambda: P.convert("x0", "eps", X, X, 0.6, "0.8"), TypeError, r"\bsigma must be a real number"),
+    (lambda: P.convert("x0", "eps", X, X, 0.6, math.nan), ValueError, r"\bsigma must be finite"),
+    (lambda: P.convert("x0", "eps", X, X, math.inf, 0.8), ValueError, r"\balpha must be finite"),
+    (lambda: P.convert("x0", "eps", X, X, 0.6, 0.0), ZeroScaleError, r"sigma must be > 0 \(the conversion divides"),
+    (lambda: P.convert("x0", "eps", X, X, 0.6, -0.8), ValueError, r"\bsigma must be > 0"),
+    (lambda: P.score_to_eps(X, -0.8), ValueError, r"\bsigma must be >= 0"),
+    (lambda: P.eps_to_x0(X, X, torch.tensor([0.5, 0.0], dtype=torch.float64), 0.8), ZeroScaleError, r"\balpha"),
+    (lambda: P.to_x0("score", X, X, 0.0, 1.0), ZeroScaleError, r"\balpha must be > 0"),
+    (lambda: P.from_x0("v", X, X, 1.0, 0.0), ZeroScaleError, r"\bsigma must be > 0"),
+    (lambda: P.v_to_x0(X, X, 0.0, 0.0), ValueError, r"alpha and sigma are both zero"),
+])
+def test_parameterization_refuses_bad_arguments_naming_them(call, err, pattern) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(err, match=pattern):
+        call()
+
+
+def test_parameterization_zero_scales_where_nothing_divides_are_fine() -> None:
+    """``alpha = 0`` in eps -> score and ``sigma = 0`` in score -> eps and eps, x0 -> v divide by
+    neither: exact, finite (docs/math.md section 2)."""
+    a = torch.tensor([0.0, 0.6], dtype=torch.float64)
+    s = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    assert torch.equal(P.convert("eps", "score", X, X, a, torch.ones(2, dtype=torch.float64)), -X)
+    assert torch.equal(P.convert("score", "eps", X, X, a, s), -s[:, None] * X)
+    assert torch.isfinite(P.eps_x0_to_v(X, X, a, s)).all()
+    assert P.convert("v", "v", X, X, 0.0, 0.0) is X

@@ -9,11 +9,11 @@ of turning into a silent NaN or a finite but wrong number downstream.  The check
 """
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Callable, Tuple
 
 import torch
 
-from .._validation import TimeLike
+from .._validation import TimeLike, ZeroScaleError
 from ._base import DiffusionModel
 
 Tensor = torch.Tensor
@@ -22,7 +22,8 @@ __all__ = ["ModelOutputError", "check_output", "checked", "CheckedModel"]
 
 
 class ModelOutputError(ValueError):
-    """A model returned an output of the wrong type, shape, dtype or device, or a NaN / inf."""
+    """A model returned an output of the wrong type, shape, dtype or device, or a NaN / inf, or
+    could not compute it (its parameterization divides by a scale that is zero at that time)."""
 
 
 def _describe_time(t: TimeLike) -> str:
@@ -87,13 +88,23 @@ class CheckedModel(DiffusionModel):
     def has_exact_divergence(self) -> bool:
         return self.inner.has_exact_divergence
 
+    def _guarded(self, method: str, fn: Callable[[], Any], t: TimeLike) -> Any:
+        """``fn()``; a conversion's division by a zero scale becomes a :class:`ModelOutputError`
+        naming ``method`` and the time (where the output would have been inf or NaN)."""
+        try:
+            return fn()
+        except ZeroScaleError as exc:
+            raise ModelOutputError(
+                f"{type(self.inner).__name__}.{method}(x_t, {_describe_time(t)}) cannot be computed there: {exc}"
+            ) from exc
+
     def _checked(self, method: str, x_t: Tensor, t: TimeLike) -> Tensor:
         if method != "denoise" and getattr(type(self.inner), method) is getattr(DiffusionModel, method):
             # derived from denoise by the base class: derive it here from the checked denoise, so a
             # wrong-shaped D cannot broadcast inside the conversion and pass as a right-shaped eps
-            out = getattr(DiffusionModel, method)(self, x_t, t)
+            out = self._guarded(method, lambda: getattr(DiffusionModel, method)(self, x_t, t), t)
         else:
-            out = getattr(self.inner, method)(x_t, t)
+            out = self._guarded(method, lambda: getattr(self.inner, method)(x_t, t), t)
         return check_output(out, x_t, model=self.inner, method=method, t=t)
 
     def denoise(self, x_t: Tensor, t: TimeLike) -> Tensor:
@@ -114,7 +125,9 @@ class CheckedModel(DiffusionModel):
 
     def denoise_and_score_divergence(self, x_t: Tensor, t: TimeLike) -> Tuple[Tensor, Tensor]:
         """The wrapped model's denoiser and exact divergence (I3, I4), both checked."""
-        D, div = self.inner.denoise_and_score_divergence(x_t, t)
+        D, div = self._guarded(
+            "denoise_and_score_divergence", lambda: self.inner.denoise_and_score_divergence(x_t, t), t
+        )
         check_output(D, x_t, model=self.inner, method="denoise", t=t)
         check_output(div, x_t, model=self.inner, method="score_divergence", t=t, shape=(x_t.shape[0],))
         return D, div
@@ -128,7 +141,7 @@ class _CheckedExact(CheckedModel):
 
     def score_divergence(self, x_t: Tensor, t: TimeLike) -> Tensor:
         """The wrapped model's ``score_divergence`` (I4), checked, shape ``(n,)``."""
-        out = self.inner.score_divergence(x_t, t)  # type: ignore[attr-defined]
+        out = self._guarded("score_divergence", lambda: self.inner.score_divergence(x_t, t), t)  # type: ignore[attr-defined]
         return check_output(out, x_t, model=self.inner, method="score_divergence", t=t, shape=(x_t.shape[0],))
 
 
