@@ -20,11 +20,10 @@ import math
 from abc import ABC, abstractmethod
 from typing import Tuple, Union
 
-import numpy as np
 import numpy.typing as npt
 import torch
 
-from ._validation import TimeLike, as_time, out_dtype
+from ._validation import TimeLike, as_time, check_int, out_dtype
 
 Tensor = torch.Tensor
 
@@ -42,15 +41,6 @@ def _finite_float(name: str, value: object) -> float:
     if not math.isfinite(out):
         raise ValueError(f"{name} must be a finite float, got {value!r}")
     return out
-
-
-def _positive_int(value: object, name: str) -> int:
-    """``value`` as an int ``>= 1`` (numpy integers accepted), else ``ValueError`` naming ``name``."""
-    if isinstance(value, np.integer) and not isinstance(value, np.bool_):
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _log_sigmoid(lam: Tensor) -> Tensor:
@@ -440,7 +430,7 @@ class Discrete(Schedule):
 
         The scaling keeps ``sum beta`` (hence the continuous-time limit) the same for every ``T``.
         """
-        T = _positive_int(T, "T")
+        T = check_int(T, "T", 1)
         beta_start, beta_end = _finite_float("beta_start", beta_start), _finite_float("beta_end", beta_end)
         if not 0.0 < beta_start <= beta_end < 1.0:
             raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}")
@@ -452,7 +442,7 @@ class Discrete(Schedule):
     @classmethod
     def ddpm_cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Discrete:
         """Nichol & Dhariwal's cosine schedule, ``beta_k = min(1 - abar_k/abar_{k-1}, max_beta)``."""
-        T = _positive_int(T, "T")
+        T = check_int(T, "T", 1)
         max_beta = _finite_float("max_beta", max_beta)
         if not 0.0 < max_beta < 1.0:
             raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}")

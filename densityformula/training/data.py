@@ -153,6 +153,11 @@ class TensorData(DataSource):
     def max_batch_size(self) -> Optional[int]:
         return int(self._x.shape[0])
 
+    @property
+    def point_shape(self) -> Tuple[int, ...]:
+        """The shape of one data point (``(d,)`` for ``(N, d)`` data)."""
+        return tuple(self._x.shape[1:])
+
     def next_batch(self, batch_size: int) -> Batch:
         batch_size = check_int(batch_size, "batch_size", 1)
         N = self._x.shape[0]

@@ -54,7 +54,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .._validation import TimeLike, as_time
+from .._validation import TimeLike, as_time, check_batch_shape, check_full_precision, check_real_tensor
 from ..models import CheckedModel, DiffusionModel, check_model, check_output
 from ..schedules import Discrete, Schedule
 from .time_sampling import DeviceLike, StepSampler, TimeSampler, time_sampler
@@ -115,9 +115,9 @@ class _TrainingCalls(CheckedModel):
         if method != "denoise" and not cond and getattr(type(self.inner), method) is getattr(DiffusionModel, method):
             # derived from denoise (I1): derive it from the checked denoise, so that a wrong-shape
             # denoiser output is caught before the conversion broadcasts it
-            out = getattr(DiffusionModel, method)(self, x_t, t)
+            out = self._guarded(method, lambda: getattr(DiffusionModel, method)(self, x_t, t), t)
         else:
-            out = getattr(self.inner, method)(x_t, t, **cond)
+            out = self._guarded(method, lambda: getattr(self.inner, method)(x_t, t, **cond), t)
         return check_output(out, x_t, model=self.inner, method=method, t=t)
 
     def denoise(self, x_t: Tensor, t: TimeLike, **cond: Any) -> Tensor:
@@ -336,9 +336,11 @@ class WeightedLoss:
         """
         model = check_model(model)
         if not isinstance(x0, Tensor) or not x0.dtype.is_floating_point:
-            raise TypeError("x0 must be a floating torch.Tensor")
-        if x0.ndim < 2 or x0.shape[0] == 0:
-            raise ValueError(f"x0 must have shape (n, d) with n >= 1, got {tuple(x0.shape)}")
+            raise TypeError(f"x0 must be a real floating torch.Tensor, got "
+                            f"{f'dtype {x0.dtype}' if isinstance(x0, Tensor) else type(x0).__name__}")
+        check_real_tensor(x0, "x0")  # a meta tensor: ValueError naming x0
+        check_full_precision(x0, "x0")
+        check_batch_shape(x0, "x0", model)
         if not bool(torch.isfinite(x0).all()):
             raise ValueError("x0 contains NaN or inf")
         if not same_schedule(model.schedule, self.schedule):

@@ -22,11 +22,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_seed, resolve_device
+from .._validation import check_int, check_seed, model_dimension, resolve_device
 from ..models import DiffusionModel, check_model
 from .checkpoint import FORMAT, Checkpointer, CheckpointError, atomic_save
 from .checkpoint import load_checkpoint as _read_checkpoint
@@ -81,17 +80,6 @@ def record_valid_log_snr(model: object, interval: Tuple[float, float]) -> bool:
         setattr(model, "valid_log_snr", (float(interval[0]), float(interval[1])))  # noqa: B010
         return True
     return False
-
-
-def _check_int(value: object, name: str, lo: int) -> int:
-    """``value`` as an int ``>= lo`` (numpy integers accepted), else ``ValueError`` naming ``name``."""
-    if isinstance(value, np.integer):
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-    if name.endswith("seed"):
-        check_seed(value, name)
-    return value
 
 
 def _check_trainable(model: object) -> nn.Module:
@@ -202,11 +190,9 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         module = _check_trainable(model)
-        for name, value, lo in (("steps", steps, 1), ("batch_size", batch_size, 1), ("warmup", warmup, 0),
-                                ("checkpoint_every", checkpoint_every, 0), ("seed", seed, 0)):
-            _check_int(value, name, lo)
-        steps, batch_size, warmup = int(steps), int(batch_size), int(warmup)
-        checkpoint_every, seed = int(checkpoint_every), int(seed)
+        steps, batch_size = check_int(steps, "steps", 1), check_int(batch_size, "batch_size", 1)
+        warmup, checkpoint_every = check_int(warmup, "warmup", 0), check_int(checkpoint_every, "checkpoint_every", 0)
+        seed = check_seed(seed, "seed")
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
             raise ValueError(f"lr must be a positive float, got {lr!r}")
         if lr_schedule not in ("constant", "cosine"):
@@ -231,7 +217,7 @@ class Trainer:
                         if checkpoint_path is not None else None)
         self._assemble(
             module, source, loss, steps=steps, batch_size=batch_size, optimizer=optimizer, lr_scheduler=scheduler,
-            ema=ema_decay, checkpointer=checkpointer, noise_seed=seed + 1, grad_clip=grad_clip,
+            ema=ema_decay, checkpointer=checkpointer, noise_seed=(seed + 1) % 2**63, grad_clip=grad_clip,
             label_dropout=label_dropout, amp_dtype=amp, device=dev, progress=progress,
         )
         self.seed: Optional[int] = seed
@@ -299,9 +285,9 @@ class Trainer:
             optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3,
                                           weight_decay=0.0)
         self._assemble(
-            module, data, loss, steps=_check_int(steps, "steps", 1), batch_size=_check_int(batch_size, "batch_size", 1),
+            module, data, loss, steps=check_int(steps, "steps", 1), batch_size=check_int(batch_size, "batch_size", 1),
             optimizer=optimizer, lr_scheduler=lr_scheduler, ema=ema, checkpointer=checkpointer,
-            noise_seed=_check_int(noise_seed, "noise_seed", 0), grad_clip=grad_clip, label_dropout=label_dropout,
+            noise_seed=check_seed(noise_seed, "noise_seed"), grad_clip=grad_clip, label_dropout=label_dropout,
             amp_dtype=_amp_dtype(mixed_precision, dev), device=dev, progress=progress,
         )
         self.seed = None
@@ -347,6 +333,10 @@ class Trainer:
         if isinstance(label_dropout, bool) or not isinstance(label_dropout, (int, float)) \
                 or not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"label_dropout must be a float in [0, 1), got {label_dropout!r}")
+        d = model_dimension(denoiser)
+        if d is not None and isinstance(data, TensorData) and data.point_shape != (d,):
+            got = (data.max_batch_size,) + data.point_shape
+            raise ValueError(f"data must have shape (N, {d}) for this model (its d = {d}), got {got}")
         cap = data.max_batch_size
         if cap is not None and cap < batch_size:
             raise ValueError(f"data has {cap} rows, fewer than batch_size={batch_size}")
@@ -449,7 +439,7 @@ class Trainer:
 
     @checkpoint_every.setter
     def checkpoint_every(self, every: int) -> None:
-        self._checkpoint_every = _check_int(every, "checkpoint_every", 0)
+        self._checkpoint_every = check_int(every, "checkpoint_every", 0)
         if self.checkpointer is not None:
             self.checkpointer.every = every
 
