@@ -147,6 +147,90 @@ def test_shape_error_names_x_T(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_x_T_names_x_T(name, dtype):
+    # before (issue 9): "x has dtype torch.float16 but this object works in torch.float64" from
+    # inside the model's target: the model's internal argument, not x_T
+    with pytest.raises(TypeError, match=r"x_T has dtype torch\.b?float16; half precision"):
+        S.SAMPLERS[name](MODEL, torch.zeros(3, 2, dtype=dtype), **_kw(name))
+
+
+def test_networks_refuse_half_precision_x_t():
+    # before (issue 9): MLPDenoiser and AffineDenoiser took a float16 x_t and returned float16
+    # outputs computed from float64 parameters (the eps / score conversions then lose 3 digits)
+    from densityformula.models import AffineDenoiser, MLPDenoiser
+
+    net = MLPDenoiser(2, VPLinear(), width=4, depth=1, dtype=F64)
+    aff = AffineDenoiser(2, Discrete.ddpm_linear(50))
+    x16 = torch.zeros(3, 2, dtype=torch.float16)
+    for call in (lambda: net.denoise(x16, 0.5), lambda: net.eps(x16, 0.5), lambda: net.score(x16, 0.5),
+                 lambda: aff.denoise(x16, 5.0), lambda: aff.eps(x16, 5.0)):
+        with pytest.raises(TypeError, match=r"x_t has dtype torch\.float16; half precision"):
+            call()
+    assert net.eps(torch.zeros(3, 2), 0.5).dtype == torch.float32  # float32 stays accepted
+
+
+def test_eps_network_denoiser_where_alpha_vanishes_is_named_at_the_boundary():
+    # before: an eps-network's D at alpha = 0 (LiYan t = 1) was (x_t - sigma eps) / 0 = inf;
+    # now the conversion refuses the zero scale, and behind the boundary the error names the call
+    from densityformula.models import MLPDenoiser, checked
+    from densityformula.parameterization import ZeroScaleError
+    from densityformula.schedules import LiYan
+
+    net = MLPDenoiser(2, LiYan(), width=4, depth=1, dtype=F64, parameterization="eps")
+    x = torch.zeros(3, 2, dtype=F64)
+    with pytest.raises(ZeroScaleError, match=r"alpha must be > 0"):
+        net.denoise(x, 1.0)
+    with pytest.raises(ModelOutputError, match=r"MLPDenoiser\.denoise\(x_t, t = 1(\.0)?\) cannot be computed there"):
+        checked(net).denoise(x, 1.0)
+    assert torch.isfinite(checked(net).eps(x, 1.0)).all()  # eps itself needs no division there
+
+
+def test_energy_numpy_permutations_and_meta_points():
+    # before (issue 9): np.int64 permutations -> "permutations must be a positive int"; a meta x
+    # -> RuntimeError from .item()
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    y = torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    a = S.energy_test(x, y, permutations=np.int64(9), generator=torch.Generator().manual_seed(2))
+    b = S.energy_test(x, y, permutations=9, generator=torch.Generator().manual_seed(2))
+    assert a.p_value == b.p_value and torch.equal(a.null, b.null)
+    for fn in (S.energy_distance, lambda u, v: S.energy_test(u, v, permutations=9)):
+        with pytest.raises(ValueError, match=r"\bx is a meta tensor"):
+            fn(x.to("meta"), y)
+    with pytest.raises(TypeError, match="permutations"):
+        S.energy_test(x, y, permutations=9.5)
+    with pytest.raises(ValueError, match="permutations"):
+        S.energy_test(x, y, permutations=0)
+
+
+@pytest.mark.parametrize("kwargs, err, pattern", [
+    # before (issue 9): AttributeError for a string gmm, bool / complex / int samples accepted, NaN
+    # statistics for an empty batch, NaN / inf samples and a zero direction, RuntimeError for a
+    # direction of the wrong length
+    ({"gmm": "gmm"}, TypeError, r"gmm must be a densityformula GaussianMixture"),
+    ({"samples": torch.zeros(4, 2, dtype=torch.bool)}, TypeError, r"samples must be a real floating"),
+    ({"samples": torch.zeros(4, 2, dtype=torch.complex128)}, TypeError, r"samples must be a real floating"),
+    ({"samples": torch.zeros(4, 2, dtype=torch.int64)}, TypeError, r"samples must be a real floating"),
+    ({"samples": torch.zeros(0, 2, dtype=F64)}, ValueError, r"samples must have shape \(n, d\) with n >= 1"),
+    ({"samples": torch.zeros(4, 3, dtype=F64)}, ValueError, r"samples must have shape \(n, 2\)"),
+    ({"samples": torch.tensor([[0.0, math.nan]] * 4, dtype=F64)}, ValueError, r"samples contains NaN"),
+    ({"samples": torch.tensor([[0.0, math.inf]] * 4, dtype=F64)}, ValueError, r"samples contains NaN or inf"),
+    ({"direction": torch.ones(3, dtype=F64)}, ValueError, r"direction must have shape \(2,\)"),
+    ({"direction": torch.zeros(2, dtype=F64)}, ValueError, r"direction is the zero vector"),
+    ({"direction": [math.nan, 1.0]}, ValueError, r"direction contains NaN"),
+    ({"direction": torch.ones(2, dtype=torch.complex128)}, TypeError, r"direction must be a real"),
+])
+def test_ks_test_refuses_bad_input(kwargs, err, pattern):
+    base = {"samples": GMM.sample(20, generator=torch.Generator().manual_seed(0)), "gmm": GMM, "direction": None}
+    with pytest.raises(err, match=pattern):
+        S.ks_test(**{**base, **kwargs})
+    res = S.ks_test(**base)
+    assert 0.0 <= res.pvalue <= 1.0 and math.isfinite(res.statistic)
+    with pytest.raises(ValueError, match="direction is the zero vector"):
+        S.mixture_cdf(GMM, [0.0, 0.0])
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_equal_ends_and_empty_input(name):
     # regression guards (these were already ValueErrors in the samplers; the torchdiffeq
     # AssertionError of the issue is likelihood.probability_flow's): equal ends name both

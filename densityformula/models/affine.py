@@ -19,6 +19,7 @@ from .._validation import (
     TimeLike,
     as_time,
     check_float_dtype,
+    check_full_precision,
     check_int,
     check_points,
     per_point_time,
@@ -128,6 +129,7 @@ class AffineDenoiser(DiffusionModel, nn.Module):
         if not isinstance(x_t, Tensor):
             raise TypeError(f"x_t must be a floating torch.Tensor, got {type(x_t).__name__}")
         check_points(x_t, self.d, x_t.dtype, self.device, "x_t")
+        check_full_precision(x_t, "x_t")
         k = self.steps(x_t, t)
         A = self.A.to(x_t.dtype)
         b = self.b.to(x_t.dtype)

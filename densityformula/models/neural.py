@@ -23,7 +23,16 @@ from torch import nn
 from torch.types import Device
 
 from .. import parameterization as P
-from .._validation import TimeLike, as_time, check_float_dtype, check_int, check_seed, per_point_time, resolve_device
+from .._validation import (
+    TimeLike,
+    as_time,
+    check_float_dtype,
+    check_full_precision,
+    check_int,
+    check_seed,
+    per_point_time,
+    resolve_device,
+)
 from ..schedules import Schedule
 from ._base import DiffusionModel
 
@@ -244,6 +253,7 @@ class MLPDenoiser(_TimeMixin, DiffusionModel, nn.Module):
             raise TypeError(f"x_t must be a torch.Tensor, got {type(x_t).__name__}")
         if not x_t.dtype.is_floating_point:
             raise TypeError(f"x_t must be a floating tensor, got {x_t.dtype}")
+        check_full_precision(x_t, "x_t")
         if x_t.ndim != 2 or x_t.shape[1] != self.d:
             raise ValueError(f"x_t must have shape (n, {self.d}), got {tuple(x_t.shape)}")
         if x_t.device.type != self.device.type:
@@ -276,8 +286,11 @@ class MLPDenoiser(_TimeMixin, DiffusionModel, nn.Module):
         The raw output (``self.parameterization``) goes through
         :func:`densityformula.parameterization.convert`: returned as is when ``kind`` matches,
         ``eps <-> score`` by ``s = -eps/sigma`` directly (I1), anything else through ``x0``.  Where
-        the conversion divides by zero the result is inf, as the parameterization dictates: an
-        eps-network's ``D`` at ``alpha = 0`` and an x0-network's ``eps``/``score`` at ``sigma = 0``.
+        the conversion would divide by zero (an eps-network's ``D`` at ``alpha = 0``, an
+        x0-network's ``eps``/``score`` at ``sigma = 0``) it raises ``ZeroScaleError`` (a
+        ``ValueError``; behind :func:`~densityformula.models.checked` a ``ModelOutputError`` naming
+        the method and the time) instead of returning inf.  ``x_t`` must be float32 or float64
+        (half precision is refused with a ``TypeError``).
         """
         if kind not in P.KINDS:
             raise ValueError(f"kind must be one of {P.KINDS}, got {kind!r}")

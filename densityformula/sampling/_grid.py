@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .._validation import resolve_device
+from .._validation import check_full_precision, resolve_device
 from ..models import DiffusionModel, check_model, log_snr_interval
 from ..schedules import Discrete, LiYan, Schedule
 
@@ -351,6 +351,7 @@ def check_x(x: object, name: str = "x_T") -> Tensor:
         raise TypeError(f"{name} must be a floating tensor, got dtype {x.dtype}")
     if x.is_meta:
         raise ValueError(f"{name} is a meta tensor (no values); pass a tensor on 'cpu' or 'cuda'")
+    check_full_precision(x, name)
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"{name} must have shape (n, ...) with n >= 1, got {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):

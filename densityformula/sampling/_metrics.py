@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .._validation import as_float_tensor, check_int, check_real_tensor
 from ..targets import GaussianMixture
 
 Tensor = torch.Tensor
@@ -25,16 +26,42 @@ Direction = Optional[Union[Tensor, Sequence[float]]]
 __all__ = ["energy_distance", "energy_test", "EnergyTest", "mixture_cdf", "ks_test"]
 
 
-def _points(v: object, name: str) -> Tensor:
+def _points(v: object, name: str, minimum: int = 2) -> Tensor:
+    """``v`` if it is a finite real floating ``(n, d)`` tensor with ``n >= minimum``; else an error naming ``name``."""
     if not isinstance(v, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (n, d), got {type(v).__name__}")
-    if not v.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating tensor, got {v.dtype}")
-    if v.ndim != 2 or v.shape[0] < 2:
-        raise ValueError(f"{name} must have shape (n, d) with n >= 2, got {tuple(v.shape)}")
+    check_real_tensor(v, name)
+    if v.ndim != 2 or v.shape[0] < minimum:
+        raise ValueError(f"{name} must have shape (n, d) with n >= {minimum}, got {tuple(v.shape)}")
     if not bool(torch.isfinite(v).all()):
         raise ValueError(f"{name} contains NaN or inf")
     return v
+
+
+def _direction(direction: Direction, d: int) -> Tensor:
+    """The projection direction as a float64 ``(d,)`` tensor (``e_1`` for ``None``): finite, real, nonzero."""
+    if direction is None:
+        u = torch.zeros(d, dtype=torch.float64)
+        u[0] = 1.0
+        return u
+    if isinstance(direction, Tensor):
+        check_real_tensor(direction, "direction")
+        u = direction.detach().to(device="cpu", dtype=torch.float64)
+    else:
+        u = as_float_tensor(direction, "direction", allow_nonfinite=True)
+    if tuple(u.shape) != (d,):
+        raise ValueError(f"direction must have shape ({d},) (one entry per dimension of gmm), got {tuple(u.shape)}")
+    if not bool(torch.isfinite(u).all()):
+        raise ValueError("direction contains NaN or inf")
+    if not bool((u != 0).any()):
+        raise ValueError("direction is the zero vector; the projection <u, X> needs a nonzero direction")
+    return u
+
+
+def _check_gmm(gmm: object) -> GaussianMixture:
+    if not isinstance(gmm, GaussianMixture):
+        raise TypeError(f"gmm must be a densityformula GaussianMixture, got {type(gmm).__name__}")
+    return gmm
 
 
 def _pair(x_in: object, y_in: object) -> tuple[Tensor, Tensor]:
@@ -93,8 +120,10 @@ def energy_test(
     each relabelling costs one matrix-vector product (batched ``chunk`` at a time).
     """
     x, y = _pair(x, y)
-    if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 1:
-        raise ValueError(f"permutations must be a positive int, got {permutations!r}")
+    permutations = check_int(permutations, "permutations", 1)
+    chunk = check_int(chunk, "chunk", 1)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     n, m = x.shape[0], y.shape[0]
     z = torch.cat([x, y])
     D = torch.cdist(z, z)
@@ -136,12 +165,7 @@ def mixture_cdf(gmm: GaussianMixture, direction: Direction = None) -> Callable[[
     """
     from scipy.special import ndtr
 
-    d = gmm.d
-    u = torch.zeros(d, dtype=torch.float64) if direction is None else torch.as_tensor(direction, dtype=torch.float64)
-    if direction is None:
-        u[0] = 1.0
-    if u.shape != (d,):
-        raise ValueError(f"direction must have shape ({d},), got {tuple(u.shape)}")
+    u = _direction(direction, _check_gmm(gmm).d)
     mu = (gmm.means.double().cpu() @ u).numpy()
     sd = torch.sqrt(torch.einsum("i,kij,j->k", u, gmm.covs.double().cpu(), u)).numpy()
     w = gmm.weights.double().cpu().numpy()
@@ -156,14 +180,20 @@ def mixture_cdf(gmm: GaussianMixture, direction: Direction = None) -> Callable[[
 
 def ks_test(samples: Tensor, gmm: GaussianMixture, direction: Direction = None) -> Any:
     """``scipy.stats.kstest`` of the projected samples ``samples @ u`` against :func:`mixture_cdf`
-    (its result object: ``.statistic``, ``.pvalue``)."""
+    (its result object: ``.statistic``, ``.pvalue``).
+
+    Raises:
+        TypeError: ``gmm`` is not a GaussianMixture; ``samples`` is not a real floating tensor
+            (integer, bool and complex tensors are refused, not converted); ``direction`` is not real.
+        ValueError: ``samples`` not ``(n, gmm.d)`` with ``n >= 1``, or holding NaN / inf;
+            ``direction`` not ``(gmm.d,)``, non-finite or zero.
+    """
     from scipy.stats import kstest
 
-    if not isinstance(samples, Tensor) or samples.ndim != 2 or samples.shape[1] != gmm.d:
-        raise ValueError(f"samples must be a tensor of shape (n, {gmm.d})")
-    d = gmm.d
-    u = torch.zeros(d, dtype=torch.float64) if direction is None else torch.as_tensor(direction, dtype=torch.float64)
-    if direction is None:
-        u[0] = 1.0
+    d = _check_gmm(gmm).d
+    samples = _points(samples, "samples", minimum=1)
+    if samples.shape[1] != d:
+        raise ValueError(f"samples must have shape (n, {d}) (gmm.d = {d}), got {tuple(samples.shape)}")
+    u = _direction(direction, d)
     proj = (samples.detach().double().cpu() @ u).numpy()
     return kstest(proj, mixture_cdf(gmm, u))
