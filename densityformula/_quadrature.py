@@ -39,6 +39,7 @@ Tensor = torch.Tensor
 __all__ = [
     "gauss_legendre",
     "sinh_gauss_legendre",
+    "sinh_coarse_weights",
     "tail_nodes",
     "normal_draws",
     "allocate",
@@ -80,6 +81,36 @@ def sinh_gauss_legendre(
     u, wu = gauss_legendre(n, u_lo, u_hi)
     lam = center + scale * torch.sinh(u)
     return lam, wu * scale * torch.cosh(u)
+
+
+def sinh_coarse_weights(
+    n: int, lo: float, hi: float, center: float = 0.0, scale: float = 3.0
+) -> Tensor:
+    """Weights of the coarser companion rule of :func:`sinh_gauss_legendre` on the same nodes.
+
+    The interpolatory rule on every other node of the ``n``-node rule (nodes ``0, 2, 4, ...``;
+    ``ceil(n / 2)`` of them, exact for polynomials in ``u`` of degree ``ceil(n / 2) - 1``), with
+    zero weight on the others, so that it reuses the integrand values of the fine rule.  The
+    difference of the two rules estimates the quadrature error (it is the coarse rule's error,
+    which bounds the fine rule's wherever the rules converge; the fine Gauss rule is exact to
+    degree ``2n - 1``).  Shape ``(n,)``, float64, in the node order of :func:`sinh_gauss_legendre`.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        raise ValueError(f"n_nodes must be an int >= 2, got {n!r}")
+    t, _ = np.polynomial.legendre.leggauss(n)
+    sub = t[::2]
+    m = sub.shape[0]
+    # interpolatory weights on [-1, 1]: sum_j v_j P_k(t_j) = int P_k = 2 [k = 0], k < m
+    vander = np.polynomial.legendre.legvander(sub, m - 1)  # (m, m), rows = nodes
+    rhs = np.zeros(m)
+    rhs[0] = 2.0
+    v = np.linalg.solve(vander.T, rhs)
+    u_lo, u_hi = math.asinh((lo - center) / scale), math.asinh((hi - center) / scale)
+    half = 0.5 * (u_hi - u_lo)
+    u = torch.tensor(half * t + 0.5 * (u_hi + u_lo), dtype=torch.float64)
+    out = torch.zeros(n, dtype=torch.float64)
+    out[::2] = torch.tensor(v * half, dtype=torch.float64)
+    return out * scale * torch.cosh(u)
 
 
 def _softplus(v: float) -> float:

@@ -65,6 +65,11 @@ def bits_per_dim(
     ) or isinstance(data_scale, (complex, np.complexfloating)):
         raise TypeError(f"data_scale must be a real float or a real floating (d,) tensor, got {data_scale!r}")
     scale = torch.as_tensor(data_scale, dtype=torch.float64)
+    if bool((scale < 0).any()):  # NaN passes here and fails as non-finite below
+        raise ValueError(
+            "data_scale must be positive (dy/du of an increasing map from data units to model units), "
+            f"got {data_scale!r}"
+        )
     if scale.ndim == 0:
         log_jac = d * math.log(abs(float(scale))) if float(scale) != 0 else -math.inf
     elif scale.shape == (d,):

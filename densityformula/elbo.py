@@ -26,7 +26,7 @@ import torch
 
 from . import parameterization as P
 from . import reverse
-from ._validation import check_int, check_points, check_positive_float
+from ._validation import check_int, check_points, check_positive_float, model_dimension
 from .estimate import Estimate
 from .models import AnalyticModel, CheckedModel, DiffusionModel, check_model, checked
 from .reverse import ReverseKernels
@@ -580,6 +580,9 @@ def kl_de_bruijn(
         raise TypeError(f"q must be a GaussianMixture or an AnalyticModel, got {type(q).__name__}")
     if not isinstance(p, (GaussianMixture, DiffusionModel)):
         raise TypeError(f"p must be a GaussianMixture or a DiffusionModel, got {type(p).__name__}")
+    p_d = p.d if isinstance(p, GaussianMixture) else model_dimension(p)
+    if p_d is not None and p_d != qt.d:
+        raise ValueError(f"p has dimension d = {p_d} but q has d = {qt.d}; both must be laws on the same space")
     if isinstance(p, DiffusionModel):
         p = _boundary(p)
     n_samples = check_int(n_samples, "n_samples", 2)

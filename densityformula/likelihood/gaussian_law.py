@@ -19,7 +19,7 @@ from typing import Any, Callable, List, Optional, Protocol, Tuple, runtime_check
 import torch
 
 from .. import reverse
-from .._validation import LogDensity, as_log_density, check_int, model_dtype_device
+from .._validation import LogDensity, as_log_density, check_int, check_positive_float, model_dtype_device
 from ..models import AnalyticModel, CheckedModel, DiffusionModel, check_model, checked
 from ..reverse import ReverseKernels
 from ..schedules import Discrete
@@ -247,13 +247,20 @@ def gaussian_sampler(
         raise ValueError("prior_var sets the Gaussian prior; give prior or prior_var, not both")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    affine_rtol = check_positive_float(affine_rtol, "affine_rtol")
+    model_d: Optional[int] = None
+    if isinstance(inner, AnalyticModel):
+        model_d = inner.target.d
+    elif isinstance(inner, _HasDimension):
+        model_d = int(inner.d)
     if d is None:
-        if isinstance(inner, AnalyticModel):
-            d = inner.target.d
-        elif isinstance(inner, _HasDimension):
-            d = int(inner.d)
-        else:
+        if model_d is None:
             raise ValueError("d is required for a model that is not an AnalyticModel and has no .d")
+        d = model_d
+    elif model_d is not None:
+        d = check_int(d, "d", 1)
+        if d != model_d:
+            raise ValueError(f"d = {d} does not match the model's dimension {model_d}; leave d=None to use it")
     kern = reverse.sampler_kernels(
         model, sampler, schedule=schedule, variance=variance, decoder_variance=decoder_variance,
         prior_var=prior_var, times=times,
@@ -283,7 +290,10 @@ def gaussian_sampler(
             pred = A @ probe[0] + b
             scale = 1.0 + float(out[-1].abs().max())
             if float((out[-1] - pred).abs().max()) > affine_rtol * scale:
-                raise ValueError(f"the model's denoiser is not affine in x at step {k}")
+                raise ValueError(
+                    f"the model's denoiser is not affine in x at step {k} (deviation "
+                    f"{float((out[-1] - pred).abs().max()) / scale:.3g} relative > affine_rtol = {affine_rtol:.3g})"
+                )
             As[k - 1], bs[k - 1] = A, b
             M = float(kern.a[k - 1]) * eye + float(kern.c[k - 1]) * A
             m = M @ m + float(kern.c[k - 1]) * b

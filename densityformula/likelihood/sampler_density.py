@@ -30,7 +30,7 @@ from typing import Any, Optional, Tuple
 import torch
 
 from .. import reverse
-from .._validation import LogDensity, as_log_density, model_dtype_device
+from .._validation import LogDensity, as_log_density, check_real_tensor, model_dtype_device
 from ..models import CheckedModel, DiffusionModel, check_model, checked
 from ..reverse import ReverseKernels
 from ..schedules import Discrete
@@ -101,21 +101,27 @@ class SamplerDensity1D:
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact last step at the query points: ``log int N(x; mu_1(u), v_1) p_1(u) du``.
 
-        ``x``: ``(n,)`` or ``(n, 1)`` real tensor (an integer tensor is converted to the grid's
-        dtype; complex and bool tensors raise ``TypeError``); returns ``(n,)`` in ``x``'s
-        floating dtype (the grid's for integer ``x``).  Every point must lie in
+        ``x``: ``(n,)`` or ``(n, 1)`` real floating tensor with ``n >= 1`` (integer, bool and
+        complex tensors raise ``TypeError``: an integer query is refused rather than converted, as
+        in every other estimator); returns ``(n,)`` in ``x``'s dtype.  Every point must lie in
         :attr:`support` (the grid's range): ``ValueError`` otherwise, since the density beyond the
         grid was never propagated (see :attr:`truncation`).
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a tensor, got {type(x).__name__}")
-        if x.is_complex() or x.dtype == torch.bool:
-            raise TypeError(f"x must be a real tensor, got dtype {x.dtype}")
+        if x.is_complex() or not x.dtype.is_floating_point:
+            raise TypeError(
+                f"x must be a real floating tensor, got dtype {x.dtype}"
+                + (f"; convert with x.to({self.grid.dtype})" if x.dtype != torch.bool else "")
+            )
+        check_real_tensor(x, "x")
         if x.ndim == 2 and x.shape[1] == 1:
             x = x[:, 0]
         if x.ndim != 1:
             raise ValueError(f"x must have shape (n,) or (n, 1), got {tuple(x.shape)}")
-        out_dtype = x.dtype if x.dtype.is_floating_point else self.grid.dtype
+        if x.shape[0] == 0:
+            raise ValueError("x is an empty batch (no points); pass at least one point")
+        out_dtype = x.dtype
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x contains NaN or inf")
         xx = x.to(self.grid.dtype).to(self.grid.device)
