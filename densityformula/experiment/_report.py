@@ -17,7 +17,7 @@ _CSS = (
     "font-size:.9em}td,th{padding:3px 8px;border-bottom:1px solid #e4e4e4;vertical-align:top;text-align:left}"
     "th{background:#f4f4f4}.pass{color:#07600f}.fail{color:#b00;font-weight:bold}.meta{color:#666;font-size:.88em}"
     "img{max-width:100%;border:1px solid #eee}.num{font-variant-numeric:tabular-nums;white-space:nowrap}"
-    "#broken-images{display:none;color:#b00;font-weight:bold}"
+    "#broken-images{display:none;color:#b00;font-weight:bold}.scroll{overflow-x:auto;max-width:100%}"
 )
 
 # marks every image with its natural width once the page has loaded (a broken image reads 0), and
@@ -174,7 +174,8 @@ def write_index(
         for tab in s.get("tables", []):
             path = out / name / tab
             if path.exists():
-                parts.append(f"<p><a href='{name}/{html.escape(tab)}'>{html.escape(tab)}</a></p>" + _table_html(path))
+                parts.append(f"<p><a href='{name}/{html.escape(tab)}'>{html.escape(tab)}</a></p>"
+                             f"<div class='scroll'>{_table_html(path)}</div>")
     parts.append("</body></html>")
     index = out / "index.html"
     _store.write_atomic(index, "\n".join(parts))
