@@ -11,6 +11,8 @@ Given a target ``q`` (a Gaussian mixture), a parametric denoiser family (:class:
 - :func:`decomposition`: ``-E_q[ELBO] = H(q) + KL(q || p) + E_q[log p - ELBO]``, each term computed
   on its own (I28);
 - :func:`consistency_defect`: how far a model's denoisers are from those of its own sampler (I29);
+- :func:`denoising_objective`, :func:`implied_weight`: a weighted denoising loss as an objective, and
+  its Kingma--Gao weight ``w(lambda)`` and monotonicity (I31);
 - :class:`AffineFamily` and the part (b) families (:func:`mixture_family`, :func:`per_step_family`,
   :func:`mlp_family`); the moment reduction for affine families is I26.
 """
@@ -24,11 +26,12 @@ from .family import Family
 from .grid import GridLaw, default_grid, grid_law
 from .kl import KLObjective, KLValue, true_kl
 from .minimize import MinimizeResult, minimize
+from .weighted import DenoisingObjective, ImpliedWeight, WeightedValue, denoising_objective, implied_weight
 
 __all__ = [
     "Family", "AffineFamily", "MixtureDenoiser", "PerStepDenoiser", "mixture_family", "per_step_family",
     "mlp_family", "elbo_objective", "ELBOValue", "ELBOObjective", "true_kl", "KLValue", "KLObjective",
     "minimize", "MinimizeResult", "decomposition", "Decomposition", "pointwise_elbo_1d",
     "consistency_defect", "ConsistencyDefect", "target_entropy", "Entropy", "grid_law", "GridLaw",
-    "default_grid",
+    "default_grid", "denoising_objective", "DenoisingObjective", "WeightedValue", "implied_weight", "ImpliedWeight",
 ]
