@@ -17,6 +17,7 @@ from .formula import density_formula, density_formula_discrete
 # the formula module's old path: ``from densityformula.density_formula import density_formula`` keeps
 # working, while the attribute ``densityformula.density_formula`` is the function, not a module
 sys.modules[__name__ + ".density_formula"] = formula
+from . import study  # noqa: E402 - the central study (docs/math.md section 12), last: it uses the rest
 
 __version__ = "0.1.0"
 
@@ -37,4 +38,5 @@ __all__ = [
     "likelihood",
     "bits_per_dim",
     "__version__",
+    "study",
 ]

@@ -95,3 +95,22 @@ def test_derivative_free_search_for_an_objective_without_gradient() -> None:
         minimize(NoGrad(), mixture_family(1, sched), method="L-BFGS-B")
     with pytest.raises(ValueError, match="closed-form"):
         minimize(base, mixture_family(1, sched), method="closed_form")
+
+
+def test_per_step_family_has_a_closed_form_denoising_minimiser() -> None:
+    """Each step's term is a least-squares fit (the same for every positive step weight): the closed
+    form has zero gradient, beats a long L-BFGS run, and is the same for the eps-weighted loss."""
+    from densityformula.study import DenoisingObjective, per_step_family
+    from densityformula.training import DenoisingLoss
+
+    sched = schedules.Discrete.ddpm_cosine(8)
+    fam = per_step_family(sched, n_basis=5, data_var=0.7)
+    cf = minimize(ELBOObjective(Q), fam)
+    assert cf.method == "closed_form" and cf.grad_norm < 1e-8 * max(1.0, abs(cf.value))
+    lb = minimize(ELBOObjective(Q), per_step_family(sched, n_basis=5, data_var=0.7), method="L-BFGS-B", max_iter=300)
+    assert lb.value >= cf.value - 1e-10
+    eps = minimize(DenoisingObjective(Q, DenoisingLoss(sched, "eps")), per_step_family(sched, n_basis=5, data_var=0.7))
+    assert torch.allclose(eps.params, cf.params, atol=1e-8)
+    # negative control: another target gives another minimiser
+    other = targets.GaussianMixture([0.5, 0.5], [[-0.8], [1.2]], [0.3, 0.2])
+    assert float((minimize(ELBOObjective(other), fam).params - cf.params).abs().max()) > 1e-2

@@ -21,7 +21,7 @@ from .consistency import ConsistencyDefect, consistency_defect
 from .decomposition import Decomposition, decomposition, pointwise_elbo_1d
 from .elbo_objective import ELBOObjective, ELBOValue, elbo_objective
 from .entropy import Entropy, target_entropy
-from .families import MixtureDenoiser, PerStepDenoiser, mixture_family, mlp_family, per_step_family
+from .families import MixtureDenoiser, PerStepDenoiser, PerStepFamily, mixture_family, mlp_family, per_step_family
 from .family import Family
 from .grid import GridLaw, default_grid, grid_law
 from .kl import KLObjective, KLValue, true_kl
@@ -29,9 +29,10 @@ from .minimize import MinimizeResult, minimize
 from .weighted import DenoisingObjective, ImpliedWeight, WeightedValue, denoising_objective, implied_weight
 
 __all__ = [
-    "Family", "AffineFamily", "MixtureDenoiser", "PerStepDenoiser", "mixture_family", "per_step_family",
-    "mlp_family", "elbo_objective", "ELBOValue", "ELBOObjective", "true_kl", "KLValue", "KLObjective",
+    "Family", "AffineFamily", "MixtureDenoiser", "PerStepDenoiser", "PerStepFamily", "mixture_family",
+    "per_step_family", "mlp_family",
+    "elbo_objective", "ELBOValue", "ELBOObjective", "true_kl", "KLValue", "KLObjective",
     "minimize", "MinimizeResult", "decomposition", "Decomposition", "pointwise_elbo_1d",
-    "consistency_defect", "ConsistencyDefect", "target_entropy", "Entropy", "grid_law", "GridLaw",
-    "default_grid", "denoising_objective", "DenoisingObjective", "WeightedValue", "implied_weight", "ImpliedWeight",
+    "consistency_defect", "ConsistencyDefect", "target_entropy", "Entropy", "grid_law", "GridLaw", "default_grid",
+    "denoising_objective", "DenoisingObjective", "WeightedValue", "implied_weight", "ImpliedWeight",
 ]

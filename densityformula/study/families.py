@@ -29,7 +29,7 @@ from .family import Family
 
 Tensor = torch.Tensor
 
-__all__ = ["MixtureDenoiser", "PerStepDenoiser", "mixture_family", "per_step_family", "mlp_family"]
+__all__ = ["MixtureDenoiser", "PerStepDenoiser", "PerStepFamily", "mixture_family", "per_step_family", "mlp_family"]
 
 
 def _check_schedule(schedule: object) -> Discrete:
@@ -206,11 +206,70 @@ def mixture_family(M: int, schedule: Discrete, *, d: int = 1, init: Optional[Gau
     return Family(model, name=f"mixture(M={M})")
 
 
+class PerStepFamily(Family):
+    """:class:`PerStepDenoiser` as a family; its denoising-loss minimiser is closed form (I30's argument):
+    every step's term is a least-squares fit, the same for every positive step weight, of
+    ``E[x_0 | x_k]`` on the features ``(x, 1, phi_j(x / s_k))`` under ``q_k``, solved on the Gauss--Hermite
+    nodes of I27 (``n_nodes``; 1-D targets)."""
+
+    model: PerStepDenoiser
+
+    def __init__(self, model: PerStepDenoiser, *, n_nodes: int = 96) -> None:
+        if not isinstance(model, PerStepDenoiser):
+            raise TypeError(f"model must be a PerStepDenoiser, got {type(model).__name__}")
+        super().__init__(model, parameters=[model.A, model.b, model.theta], name=f"per-step(J={model.n_basis})")
+        self.n_nodes = check_int(n_nodes, "n_nodes", 4)
+
+    def closed_form(self, objective: object) -> Optional[Tensor]:
+        """The minimiser of an :class:`~densityformula.study.ELBOObjective` or a
+        :class:`~densityformula.study.DenoisingObjective` on this family's schedule; ``None`` otherwise."""
+        from ..reverse import same_discrete
+        from .elbo_objective import ELBOObjective
+        from .quadrature import gauss_hermite
+        from .weighted import DenoisingObjective
+
+        if isinstance(objective, ELBOObjective):
+            if objective.schedule is not None and not same_discrete(objective.schedule, self.schedule):
+                return None
+        elif isinstance(objective, DenoisingObjective):
+            if not same_discrete(objective.loss.schedule, self.schedule):  # type: ignore[attr-defined]
+                return None
+        else:
+            return None
+        q = check_target(objective.target)
+        if q.d != 1:
+            return None
+        m = self.model
+        sched = self.schedule
+        T = sched.T
+        with torch.no_grad():
+            z, w = gauss_hermite(self.n_nodes)
+            pi, mu, s2 = q.weights.double(), q.means[:, 0].double(), q.eigvals[:, 0].double()
+            ks = torch.arange(1, T + 1)
+            a = torch.sqrt(sched.alpha_bars[1:])[:, None, None]
+            om = sched.one_minus_alpha_bars[1:][:, None, None]
+            var = a**2 * s2[None, :, None] + om  # (T, K, 1)
+            xk = a * mu[None, :, None] + torch.sqrt(var) * z  # (T, K, n)
+            post = mu[None, :, None] + a * s2[None, :, None] * (xk - a * mu[None, :, None]) / var
+            wt = (pi[None, :, None] * w).expand(T, -1, -1).reshape(T, -1)  # (T, K n)
+            x = xk.reshape(T, -1)
+            A = m.A.detach().clone().double()
+            b = m.b.detach().clone().double()
+            th = m.theta.detach().clone().double()
+            for k in ks.tolist():
+                xx = x[k - 1]
+                feats = m.features(xx[:, None].to(m.dtype), torch.full((xx.numel(),), k)).double()
+                X = torch.cat([xx[:, None], torch.ones_like(xx)[:, None], feats], 1)
+                sw = torch.sqrt(wt[k - 1])[:, None]
+                sol = torch.linalg.lstsq(sw * X, sw[:, 0] * post.reshape(T, -1)[k - 1], driver="gelsd").solution
+                A[k], b[k], th[k] = sol[0], sol[1], sol[2:]
+        return torch.cat([A.reshape(-1), b.reshape(-1), th.reshape(-1)])
+
+
 def per_step_family(schedule: Discrete, *, n_basis: int = 6, data_var: float = 1.0,
-                    dtype: torch.dtype = torch.float64, device: Device = None) -> Family:
+                    dtype: torch.dtype = torch.float64, device: Device = None) -> PerStepFamily:
     """A time-inconsistent family: :class:`PerStepDenoiser` (independent parameters at every step)."""
-    model = PerStepDenoiser(schedule, n_basis=n_basis, data_var=data_var, dtype=dtype, device=device)
-    return Family(model, name=f"per-step(J={n_basis})")
+    return PerStepFamily(PerStepDenoiser(schedule, n_basis=n_basis, data_var=data_var, dtype=dtype, device=device))
 
 
 def mlp_family(schedule: Discrete, *, width: int = 16, depth: int = 2, d: int = 1, seed: int = 0,

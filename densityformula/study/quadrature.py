@@ -9,6 +9,7 @@ estimate of the error of ``Q_n`` for smooth integrands (the rule converges geome
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
@@ -31,15 +32,23 @@ def gauss_hermite(n: int, *, dtype: torch.dtype = torch.float64, device: Any = N
     the nodes are the eigenvalues of the Jacobi matrix of ``He_{k+1} = x He_k - k He_{k-1}``
     (off-diagonal ``sqrt(k)``), the weights the squared first components of its eigenvectors.
     """
-    n = check_int(n, "n", 1)
+    z, w = _nodes(check_int(n, "n", 1))
+    dt, dev = model_dtype_device(None, dtype, device)
+    return torch.tensor(z, dtype=dt, device=dev), torch.tensor(w, dtype=dt, device=dev)
+
+
+@lru_cache(maxsize=64)
+def _nodes(n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The rule of :func:`gauss_hermite` as float64 arrays (cached: the study calls it at every step)."""
     if n <= 128:
         z, w = np.polynomial.hermite_e.hermegauss(n)
     else:
         z, vec = np.linalg.eigh(np.diag(np.sqrt(np.arange(1.0, n)), 1) + np.diag(np.sqrt(np.arange(1.0, n)), -1))
         w = vec[0] ** 2
-    dt, dev = model_dtype_device(None, dtype, device)
-    wt = torch.as_tensor(w / w.sum(), dtype=dt, device=dev)
-    return torch.as_tensor(z, dtype=dt, device=dev), wt
+    z.setflags(write=False)
+    w = w / w.sum()
+    w.setflags(write=False)
+    return z, w
 
 
 def mixture_rule(mix: Mixture1D, n: int) -> Tuple[Tensor, Tensor]:
