@@ -14,13 +14,14 @@ STAMP := $(VENV)/.densityformula-installed
 PYTEST_WORKERS ?= 2
 REPRODUCE_ARGS ?= --quick
 
-.PHONY: help install lint test test-fast reproduce reproduce-full validate bench clean
+.PHONY: help install lint test test-fast reproduce reproduce-full figures validate bench clean
 
 help:
 	@echo "make reproduce   run every experiment (quick) into results/ with results/index.html"
 	@echo "make test        the whole test suite (what CI runs)"
 	@echo "make lint        ruff (style, imports, bugbear) and mypy --strict on the package (CI runs it)"
 	@echo "make test-fast   skip tests marked slow"
+	@echo "make figures     a full run, its figures copied to docs/figures/ (the README's reference figures)"
 	@echo "make validate    every experiment's quick claims at seeds 0-4; writes docs/validation.md (not in make test)"
 	@echo "make bench       run the benchmarks (writes nothing; see docs/benchmarks.md)"
 
@@ -54,6 +55,11 @@ reproduce: $(STAMP)
 
 reproduce-full: $(STAMP)
 	$(VENV)/bin/densityformula reproduce --full --out results
+
+# the README's reference figures: a full run, its PNGs copied to docs/figures/
+figures: $(STAMP)
+	$(VENV)/bin/densityformula reproduce --full --out results/full
+	mkdir -p docs/figures && cp results/full/*/*.png docs/figures/
 
 validate: $(STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/densityformula validate --seeds 0 1 2 3 4 \

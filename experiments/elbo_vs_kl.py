@@ -105,17 +105,24 @@ def _mlp(sched: schedules.Discrete, width: int) -> Callable[[], study.Family]:
     return make
 
 
+#: the wider part (b) sweep (T to 200, the linear schedule, MLP families, 500 KL iterations) is
+#: coded but takes hours of grid-KL L-BFGS on a CPU; until it is made affordable the full mode
+#: runs the quick sweep of part (b) (part (a), which is closed form, is extended)
+WIDE_SWEEP = False
+
+
 def _nonlinear_sweep(ctx: Context) -> List[Dict[str, Any]]:
-    Ts = [5, 10, 20] if ctx.quick else [5, 10, 20, 50, 100, 200]
-    sched_names = ["cosine"] if ctx.quick else ["cosine", "linear"]
-    kl_iter = 40 if ctx.quick else 500
+    wide = WIDE_SWEEP and not ctx.quick
+    Ts = [5, 10, 20, 50, 100, 200] if wide else [5, 10, 20]
+    sched_names = ["cosine", "linear"] if wide else ["cosine"]
+    kl_iter = 500 if wide else 40
     rows = []
     for sname in sched_names:
         for T in Ts:
             if sname == "linear" and T < 21:
                 continue  # the scaled linear schedule is refused below T = 21
             sched = schedules.Discrete.ddpm_cosine(T) if sname == "cosine" else schedules.Discrete.ddpm_linear(T)
-            for fname, make in ctx.progress(_families(sched, ctx.quick).items(), f"{sname} T={T}"):
+            for fname, make in ctx.progress(_families(sched, not wide).items(), f"{sname} T={T}"):
                 fam = make()
                 e = study.minimize(study.ELBOObjective(Q3), fam, max_iter=2000)
                 kl_e = study.true_kl(fam, Q3)
