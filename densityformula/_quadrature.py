@@ -280,6 +280,9 @@ class NoiseSumResult:
         cv_coef: ``(n, J)`` control-variate coefficients (zeros when disabled).
         pilot_sd: ``(J,)`` pilot residual standard deviation per pair, averaged (rms) over points.
         evals_per_point: integrand evaluations per point (pilot included).
+        extra_replicates: ``(K, R, n)`` the replicates of ``sum_j v_kj E f_j`` for the rows ``v_k`` of
+            ``extra_weights`` (same draws, so each replicate's sums are jointly distributed like the
+            estimates themselves), or ``None`` without ``extra_weights``.
     """
 
     replicates: Tensor
@@ -289,6 +292,7 @@ class NoiseSumResult:
     pilot_sd: Tensor
     evals_per_point: int
     info: Dict[str, object] = field(default_factory=dict)
+    extra_replicates: Optional[Tensor] = None
 
 
 def _run_stage(
@@ -402,6 +406,7 @@ def weighted_noise_sum(
     chunk_size: int,
     progress: bool = False,
     memory_budget: Optional[int] = None,
+    extra_weights: Optional[Tensor] = None,
 ) -> NoiseSumResult:
     """Unbiased replicated estimates of ``S(x_i) = sum_j w_j E_Z f_j(x_i, Z)`` for ``n`` points.
 
@@ -417,15 +422,24 @@ def weighted_noise_sum(
     draws), and with ``memory_budget`` (bytes) the points are processed in groups small enough
     that the per-point state of a group (pilot draws, stage-2 sums, coefficients) takes at most a
     quarter of it; the model calls themselves are bounded by ``chunk_size`` rows.  Only the
-    results, ``(R + 3 J)`` floats per point, grow with ``n``.
+    results, ``(R + 3 J)`` floats per point (plus ``K R`` with ``extra_weights``), grow with ``n``.
+
+    ``extra_weights`` ``(K, J)``: further weight vectors whose replicated sums over the same node
+    estimates are returned too (``extra_replicates``); the allocation still follows ``weights``.
     """
     J = weights.numel()
     w = weights.to(device=device, dtype=torch.float64)
     k = 2 if antithetic else 1
     d = int(np.prod(shape)) if len(shape) else 1
+    v = None
+    if extra_weights is not None:
+        v = extra_weights.to(device=device, dtype=torch.float64)
+        if v.ndim != 2 or v.shape[1] != J:
+            raise ValueError(f"extra_weights must have shape (K, {J}), got {tuple(v.shape)}")
     max_points = max(1, chunk_size // (n_replicates * k))
     if memory_budget is not None:
-        per_point = 8 * (2 * J * max(pilot_pairs, 0) * k + 3 * n_replicates * J + 4 * J + n_replicates * d)
+        K = 0 if v is None else v.shape[0]
+        per_point = 8 * (2 * J * max(pilot_pairs, 0) * k + 3 * n_replicates * J + 4 * J + n_replicates * (d + K))
         max_points = min(max_points, max(1, memory_budget // (4 * per_point)))
     if n > max_points:  # one draw for every point and replicate must fit a chunk: split the points
         parts = []
@@ -438,8 +452,10 @@ def weighted_noise_sum(
                     n_replicates=n_replicates, pilot_pairs=pilot_pairs, noise=noise, antithetic=antithetic,
                     control_variate=control_variate, allocation=allocation, generator=generator, device=device,
                     chunk_size=chunk_size, progress=progress, memory_budget=memory_budget,
+                    extra_weights=extra_weights,
                 )
             )
+        extras = [p.extra_replicates for p in parts if p.extra_replicates is not None]
         return NoiseSumResult(
             replicates=torch.cat([p.replicates for p in parts], 1),
             node_means=torch.cat([p.node_means for p in parts], 0),
@@ -448,6 +464,7 @@ def weighted_noise_sum(
             pilot_sd=torch.stack([p.pilot_sd for p in parts]).pow(2).mean(0).sqrt(),
             evals_per_point=parts[0].evals_per_point,
             info={"d": d, "point_groups": len(parts), "allocations": [p.allocation for p in parts]},
+            extra_replicates=None if not extras else torch.cat(extras, 2),
         )
     evals = 0
     cv = torch.zeros(n, J, dtype=torch.float64, device=device)
@@ -489,6 +506,7 @@ def weighted_noise_sum(
     evals += int(alloc.sum()) * k * n_replicates
     reps = torch.zeros(n_replicates, n, dtype=torch.float64, device=device)
     node_means = torch.zeros(n, J, dtype=torch.float64, device=device)
+    extra = None if v is None else torch.zeros(v.shape[0], n_replicates, n, dtype=torch.float64, device=device)
     for j in range(J):
         P_j = float(alloc[j])
         y = fb[j]  # (R, n): sums over the P_j draws
@@ -496,7 +514,9 @@ def weighted_noise_sum(
         est = y / P_j - cv[None, :, j] * (g / P_j)  # (R, n)
         reps += w[j] * est
         node_means[:, j] = est.mean(0)
+        if extra is not None and v is not None:
+            extra += v[:, j, None, None] * est[None]
     return NoiseSumResult(
         replicates=reps, node_means=node_means, allocation=alloc, cv_coef=cv, pilot_sd=sd, evals_per_point=evals,
-        info={"d": d},
+        info={"d": d}, extra_replicates=extra,
     )
