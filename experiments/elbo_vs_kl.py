@@ -12,7 +12,7 @@ DDPM sampler.  Both objectives, both minimizers and the decomposition between th
     form (I30) and the excess KL of the former is measured against T;
 (b) a 1-D three-component mixture target with nonlinear families: time-consistent (two-component
     mixtures, their denoisers exact for their own law), per-step (independent basis expansions at
-    every step) and, in the full mode, shared-parameter MLPs.  Both minimizers by closed form or
+    every step); shared-parameter MLPs are coded (``WIDE_SWEEP``) but too slow to run yet.  Both minimizers by closed form or
     L-BFGS (the KL minimizer warm-started at the ELBO's, with its convergence reported), the KL of
     the ELBO's minimizer on the exact grid (I13), the decomposition (I28) at both, and the
     consistency defect (I29) of the ELBO's minimizer, with a fitted defect-to-excess relation.
