@@ -11,11 +11,12 @@ DDPM sampler.  Both objectives, both minimizers and the decomposition between th
     covariance, which a 1-D mixture checks; the ELBO minimizer and the KL minimizer are closed
     form (I30) and the excess KL of the former is measured against T;
 (b) a 1-D three-component mixture target with nonlinear families: time-consistent (two-component
-    mixtures, their denoisers exact for their own law), per-step (independent basis expansions at
-    every step); shared-parameter MLPs are coded (``WIDE_SWEEP``) but too slow to run yet.  Both minimizers by closed form or
-    L-BFGS (the KL minimizer warm-started at the ELBO's, with its convergence reported), the KL of
-    the ELBO's minimizer on the exact grid (I13), the decomposition (I28) at both, and the
-    consistency defect (I29) of the ELBO's minimizer, with a fitted defect-to-excess relation.
+    mixtures, their denoisers exact for their own law) and per-step (independent basis expansions
+    at every step); shared-parameter MLPs are coded (``WIDE_SWEEP``) but too slow to run yet.
+    Both minimizers by closed form or L-BFGS (the KL minimizer warm-started at the ELBO's, with
+    its convergence reported), the KL of the ELBO's minimizer on the exact grid (I13), the
+    decomposition (I28) at both, and the consistency defect (I29) of the ELBO's minimizer, with a
+    fitted defect-to-excess relation.
 """
 from __future__ import annotations
 
