@@ -648,3 +648,13 @@ def test_figures_are_saved_as_png_and_pdf(tmp_path):
     page = browser.parse((out / "index.html").read_text())
     assert page["images"] == {"fig/curve.png": None}  # (its width: only a browser running the page knows)
     assert "href='fig/curve.pdf'" in (out / "index.html").read_text()
+
+
+def test_run_experiments_accepts_auto_and_names_a_bad_device(tmp_path):
+    from densityformula.experiment import discover, run_experiments
+
+    exp = _setup(tmp_path, "a")
+    (summary,) = run_experiments(discover(exp), tmp_path / "r", device="auto")
+    assert summary["device"] == ("cuda" if torch.cuda.is_available() else "cpu") or summary["device"].startswith("cuda")
+    with pytest.raises(ValueError, match="device"):
+        run_experiments(discover(exp), tmp_path / "r", device="meta")

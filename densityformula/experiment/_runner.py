@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from .._validation import resolve_device
 from . import _store
 from ._experiment import Context, Experiment
 
@@ -125,15 +126,17 @@ def run_experiments(
 
     Up-to-date results (same :func:`~densityformula.experiment._store.result_key`) are kept and
     returned as they are.  Stale ones are rerun and the old folder moved to ``out/.archive``.
-    ``force`` reruns up-to-date results too and replaces them.  Raises ``ValueError`` naming
-    ``only`` for an unknown experiment and ``out`` for an ``out`` that is not a writable folder.
+    ``force`` reruns up-to-date results too and replaces them.  ``device``: ``"cpu"``, ``"cuda"``,
+    ``"auto"`` or a ``torch.device``.  Raises ``ValueError`` naming ``only`` for an unknown
+    experiment, ``out`` for an ``out`` that is not a writable folder, and ``device`` for one that
+    is not available.
     """
     out = Path(out)
     check_only(only, experiments)
     _store.check_out(out)
     for name in _store.clean_leftovers(out):
         _say(name, "restored the previous results left by an interrupted run")
-    dev = torch.device(device)
+    dev = resolve_device(device, "device")
     selected = [e for e in experiments if not only or e.name in only]
     pending = _store.read_pending(out)
     if force:
