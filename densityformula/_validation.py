@@ -47,6 +47,19 @@ def check_seed(seed: object, name: str = "seed") -> int:
     return out
 
 
+def _finite_real(value: object, name: str, what: str) -> float:
+    """``float(value)`` for a finite Python / numpy real, else ``TypeError`` (saying ``what``) / ``ValueError``."""
+    if not isinstance(value, (Real, np.integer, np.floating)):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    try:
+        out = float(value)
+    except OverflowError as exc:
+        raise ValueError(f"{name} must be finite, got {value!r}") from exc
+    if not np.isfinite(out):
+        raise ValueError(f"{name} must be finite, got {out}")
+    return out
+
+
 def check_positive_float(value: object, name: str, *, allow_zero: bool = False) -> float:
     """``float(value)`` if it is a finite real number ``> 0`` (``>= 0`` with ``allow_zero``).
 
@@ -64,14 +77,7 @@ def check_positive_float(value: object, name: str, *, allow_zero: bool = False) 
                 f"{name} must be a real number, got a tensor of shape {tuple(value.shape)}, dtype {value.dtype}"
             )
         value = value.item()
-    if not isinstance(value, (Real, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    try:
-        out = float(value)
-    except OverflowError as exc:
-        raise ValueError(f"{name} must be finite, got {value!r}") from exc
-    if not np.isfinite(out):
-        raise ValueError(f"{name} must be finite, got {out}")
+    out = _finite_real(value, name, "a real number")
     if out < 0 or (out == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}, got {out}")
@@ -297,14 +303,9 @@ def check_scale(value: object, name: str, like: Tensor, like_name: str = "x", *,
                 error = ZeroScaleError if low == 0 else ValueError
                 raise error(f"{name} must be {bound}{tail}, got a minimum of {low:.6g}")
         return value
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (Real, np.integer, np.floating)):
+    if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a real number or a real tensor, got {type(value).__name__}")
-    try:
-        out = float(value)
-    except OverflowError as exc:
-        raise ValueError(f"{name} must be finite, got {value!r}") from exc
-    if not np.isfinite(out):
-        raise ValueError(f"{name} must be finite, got {out}")
+    out = _finite_real(value, name, "a real number or a real tensor")
     if out < 0:
         raise ValueError(f"{name} must be {bound}{tail}, got {out}")
     if positive and out == 0:
