@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
+import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, TypeVar
 
 import torch
 
@@ -17,6 +19,7 @@ from ._claims import Claim, evaluate
 __all__ = ["Context", "Experiment", "Timer"]
 
 T = TypeVar("T")
+_CACHE_KEY = re.compile(r"[A-Za-z0-9._=-]+")
 
 
 @dataclass(frozen=True)
@@ -24,13 +27,39 @@ class Context:
     """What one run of an experiment is given: where to write, budget, seed, device.
 
     ``quick`` selects the small budgets of ``make reproduce``; ``seed`` is the run's only source
-    of randomness (use :meth:`generator`); ``device`` is where tensors go.
+    of randomness (use :meth:`generator`); ``device`` is where tensors go.  ``cache_dir`` (set by
+    the runner: ``out/.cache/<name>/<key>``, keyed like the results, removed once they are
+    installed) keeps the parts of a long run that :meth:`cached` computed, so a killed run resumes.
     """
 
     out_dir: Path
     quick: bool = True
     seed: int = 0
     device: torch.device = torch.device("cpu")
+    cache_dir: Optional[Path] = None
+
+    def cached(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()``, or its value saved under ``key`` by an earlier, interrupted run of the same inputs.
+
+        Values are saved with ``torch.save`` (atomically) and loaded on the CPU; ``key`` names one part
+        of the run (letters, digits, ``._-=``).  Without a ``cache_dir`` this is ``compute()``.
+        """
+        if not isinstance(key, str) or not _CACHE_KEY.fullmatch(key):
+            raise ValueError(f"key must be a non-empty string of letters, digits and ._-=, got {key!r}")
+        if self.cache_dir is None:
+            return compute()
+        path = self.cache_dir / f"{key}.pt"
+        if path.exists():
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False)  # type: ignore[no-any-return]
+            except Exception:  # a file cut short by a kill outside the atomic rename: recompute it
+                path.unlink(missing_ok=True)
+        value = compute()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(value, tmp)
+        os.replace(tmp, path)
+        return value
 
     def generator(self, offset: int = 0, *, device: Any = "cpu") -> torch.Generator:
         """A fresh generator seeded with ``seed + offset`` (on ``device``; CPU by default)."""

@@ -168,6 +168,27 @@ def run_experiments(
     return summaries
 
 
+#: ``out/.cache/<name>/<key[:16]>/``: the parts an interrupted run computed (``Context.cached``)
+CACHE = ".cache"
+_CODE_INPUTS = ("experiment_code", "library_code", "version", "torch")
+
+
+def _prune_caches(caches: Path, inputs: Dict[str, str]) -> None:
+    """Remove cached parts computed by other code (they can never be reused); keep those of other
+    modes, seeds and devices, and write this run's inputs beside its own."""
+    if caches.is_dir():
+        for folder in caches.iterdir():
+            try:
+                old = json.loads((folder / "inputs.json").read_text())
+            except (OSError, ValueError):
+                old = {}
+            if any(str(old.get(k)) != str(inputs.get(k)) for k in _CODE_INPUTS):
+                shutil.rmtree(folder, ignore_errors=True)
+    cache = caches / inputs["key"][:16]
+    cache.mkdir(parents=True, exist_ok=True)
+    _store.write_atomic(cache / "inputs.json", json.dumps(inputs, indent=1))
+
+
 def _changed(previous: Dict[str, Any], inputs: Dict[str, str]) -> List[str]:
     old = previous.get("inputs") or {}
     keys = ("experiment_code", "library_code", "version", "torch", "quick", "seed", "device")
@@ -184,11 +205,16 @@ def _run_one(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    caches = out / CACHE / name
+    cache = caches / inputs["key"][:16]
+    _prune_caches(caches, inputs)
     try:
         _say(name, f"running{' (quick)' if quick else ' (full)'} on {device}: {exp.title}")
+        if any(cache.glob("*.pt")):
+            _say(name, f"resuming: {len(list(cache.glob('*.pt')))} parts of an interrupted run are reused")
         start = time.perf_counter()
         try:
-            summary = exp.run(Context(out_dir=tmp, quick=quick, seed=seed, device=device))
+            summary = exp.run(Context(out_dir=tmp, quick=quick, seed=seed, device=device, cache_dir=cache))
             crashed = False
         except Exception:  # an experiment that crashes is reported, not hidden
             summary = {"claims": [], "error": traceback.format_exc()}
@@ -211,9 +237,18 @@ def _run_one(
             if stale and final.exists() and previous is not None:
                 _say(name, f"stale results moved to {_store.archive(final, previous)}")
             _store.install(tmp, final)
+            if not crashed:
+                shutil.rmtree(cache, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if cache.is_dir() and not any(cache.glob("*.pt")):
+            shutil.rmtree(cache, ignore_errors=True)
+        for folder in (caches, caches.parent):  # no empty cache folders left behind
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
     for c in summary["claims"]:
         mark = {"holds": "PASS", "fails": "FAIL"}.get(c.get("status", ""), "CONTROL PASSED")
         value = ", ".join(f"{k} {v['text']}" for k, v in c["value"].items())
