@@ -111,15 +111,18 @@ def implied_weight(loss: object, *, rtol: float = 1e-9) -> ImpliedWeight:
     ``w_k = rho_k c_k / W_k``, ``W_k = beta_k / (2 alpha_k (1 - abar_k))``, with ``c_k = 1`` for the eps
     and score errors and ``e^{-lambda_k} = (1 - abar_k)/abar_k`` for the x0 error (the x0 error is
     ``e^{-lambda} ||eps - eps_hat||^2``, I22); ``monotone`` when ``w`` does not increase with ``lambda``
-    (``w_i <= w_j (1 + rtol)`` for ``lambda_i > lambda_j``)."""
+    over all ``T`` steps (``w_k <= w_{k+1} (1 + rtol)``), a step the loss never draws counting as
+    ``w_k = 0``: exactly when the loss is a proper mixture of ELBOs of noise-augmented data (I32)."""
     _, sched, steps, rho, kind = _parts(loss)
     lam = sched.log_snrs  # (T + 1,), +inf at 0
     W = ddpm_elbo_weights(sched.betas.double(), sched.one_minus_alpha_bars)[steps - 1]
     c = torch.ones_like(rho) if kind == "eps" else torch.exp(-lam[steps])
     w = rho * c / W
-    order = torch.argsort(lam[steps])  # increasing lambda
-    ws = w[order]
-    mono = bool((ws[1:] <= ws[:-1] * (1.0 + rtol)).all())
+    # monotone over all T steps, a step the loss never draws weighing 0 (e.g. step T under "truncated":
+    # w drops to 0 at the noisiest end, so the loss is no mixture of ELBOs, I32)
+    full = torch.zeros(sched.T, dtype=w.dtype)
+    full[steps - 1] = w
+    mono = bool((full[:-1] <= full[1:] * (1.0 + rtol)).all())  # non-decreasing in k = non-increasing in lambda
     return ImpliedWeight(lam[steps], w, mono)
 
 
