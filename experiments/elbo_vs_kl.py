@@ -11,12 +11,16 @@ DDPM sampler.  Both objectives, both minimizers and the decomposition between th
     covariance, which a 1-D mixture checks; the ELBO minimizer and the KL minimizer are closed
     form (I30) and the excess KL of the former is measured against T;
 (b) a 1-D three-component mixture target with nonlinear families: time-consistent (two-component
-    mixtures, their denoisers exact for their own law) and per-step (independent basis expansions
-    at every step); shared-parameter MLPs are coded (``WIDE_SWEEP``) but too slow to run yet.
-    Both minimizers by closed form or L-BFGS (the KL minimizer warm-started at the ELBO's, with
-    its convergence reported), the KL of the ELBO's minimizer on the exact grid (I13), the
-    decomposition (I28) at both, and the consistency defect (I29) of the ELBO's minimizer, with a
-    fitted defect-to-excess relation.
+    mixtures, their denoisers exact for their own law), per-step (independent basis expansions at
+    every step) and, in full mode, shared-parameter MLPs of width 8 and 32; T = 5, 10, 20 (quick,
+    cosine) or T = 5 ... 1000 with the cosine and the linear schedule (full; T = 1000 only linear
+    and time-consistent, per-step families to T = 200, MLPs to T = 50: ``WIDE_MAX_T``).  Both
+    minimizers by closed form or L-BFGS (the KL minimizer started at the better of the ELBO's
+    minimizer and the previous T's KL minimizer, with its convergence reported; in full mode the
+    search runs on a cheaper grid, ``_search_grid``, and every reported KL is on the full grid with
+    its error), the KL of the ELBO's minimizer on the exact grid (I13), the decomposition (I28) at
+    both, and the consistency defect (I29) of the ELBO's minimizer, with a fitted defect-to-excess
+    relation.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ if __name__ == "__main__" and not __package__:  # run alone: python experiments/
     __package__ = _x.script_package(__file__)
 
 import math
+import time
 from typing import Any, Callable, Dict, Iterable, List
 
 import numpy as np
@@ -106,47 +111,107 @@ def _mlp(sched: schedules.Discrete, width: int) -> Callable[[], study.Family]:
     return make
 
 
-#: the wider part (b) sweep (T to 200, the linear schedule, MLP families, 500 KL iterations) is
-#: coded but takes hours of grid-KL L-BFGS on a CPU; until it is made affordable the full mode
-#: runs the quick sweep of part (b) (part (a), which is closed form, is extended)
-WIDE_SWEEP = False
+#: part (b), wide sweep (full mode): T values, and the largest T per family.  Measured on one core
+#: (float64): the cost of a cell grows like T G^2 (G grid points, set by the smallest step variance):
+#: one grid propagation at T = 1000 costs ~35 s on the cosine schedule (G = 5339) and a KL with its
+#: grid error ~190 s, 2.5x less on the linear one (G = 3431).  So T = 1000 runs on the linear schedule
+#: (Ho et al.'s setting) and only for the time-consistent family, whose rate claim needs large T;
+#: per-step families stop at T = 200 and MLPs at T = 50 (an MLP cell takes 55-120 s at T = 50 and
+#: 210 s (width 8) at T = 100, mostly its KL search)
+WIDE_TS = [5, 10, 20, 50, 100, 200, 1000]
+WIDE_MAX_T = {"mixture": 1000, "per-step": 200, "MLP": 50}
+WIDE_SKIP = {("cosine", 1000)}
+#: KL-minimizer (L-BFGS) iteration limits per family in the wide sweep (an unconverged search gives
+#: an upper bound on the best KL, a lower bound on the excess; reported per row)
+WIDE_KL_ITER = {"mixture": 100, "per-step": 60, "MLP": 60}
+#: ELBO-minimizer iteration limit of the MLP families (warm-started from the previous T's)
+WIDE_ELBO_ITER = 400
+#: the KL searches run on a cheaper grid (box +-8 instead of +-12, step sqrt(min v_k) instead of
+#: 0.7 of it: 0.47 times the points, up to ~5x cheaper at large T, 1.5-2x at T = 20); every
+#: reported KL is then evaluated on the full default grid with its error
+SEARCH_HALF_WIDTH = 8.0
+
+
+def _kind(fname: str) -> str:
+    return fname.split(" ")[0]
+
+
+def _search_grid(fam: study.Family) -> torch.Tensor:
+    """The KL search's grid: uniform on +-SEARCH_HALF_WIDTH, step min(sqrt(min_k v_k), 0.7 x the target's
+    smallest standard deviation) (the coarsest :func:`~densityformula.study.grid.grid_law` accepts)."""
+    from densityformula.study._steps import sampler_kernels
+
+    kern = sampler_kernels(fam.model, None, "beta", None)
+    sd_min = float(torch.sqrt(Q3.eigvals.min()))
+    h = min(math.sqrt(float(kern.var.min())), 0.7 * sd_min)
+    n = 2 * int(math.ceil(SEARCH_HALF_WIDTH / h)) + 1
+    return torch.linspace(-SEARCH_HALF_WIDTH, SEARCH_HALF_WIDTH, n, dtype=F64)
 
 
 def _nonlinear_sweep(ctx: Context) -> List[Dict[str, Any]]:
-    wide = WIDE_SWEEP and not ctx.quick
-    Ts = [5, 10, 20, 50, 100, 200] if wide else [5, 10, 20]
+    wide = not ctx.quick
+    Ts = WIDE_TS if wide else [5, 10, 20]
     sched_names = ["cosine", "linear"] if wide else ["cosine"]
-    kl_iter = 500 if wide else 40
     rows = []
     for sname in sched_names:
+        warm: Dict[str, Dict[str, torch.Tensor]] = {}  # family -> {"elbo", "kl"}: the previous T's minimizers
         for T in Ts:
-            if sname == "linear" and T < 21:
+            if (sname == "linear" and T < 21) or (wide and (sname, T) in WIDE_SKIP):
                 continue  # the scaled linear schedule is refused below T = 21
             sched = schedules.Discrete.ddpm_cosine(T) if sname == "cosine" else schedules.Discrete.ddpm_linear(T)
-            for fname, make in ctx.progress(_families(sched, not wide).items(), f"{sname} T={T}"):
-                fam = make()
-                e = study.minimize(study.ELBOObjective(Q3), fam, max_iter=2000)
-                kl_e = study.true_kl(fam, Q3)
-                dec_e = study.decomposition(fam, Q3)
-                defect = study.consistency_defect(fam, Q3, grid_error=False)
-                theta_e = fam.vector()
-                k = study.minimize(study.KLObjective(Q3), fam, method="L-BFGS-B", max_iter=kl_iter)
-                kl_k = study.true_kl(fam, Q3)
-                dec_k = study.decomposition(fam, Q3)
-                excess = float(kl_e) - float(kl_k)
-                rows.append({
-                    "schedule": sname, "T": T, "family": fname, "n_params": fam.n_params,
-                    "elbo_min_method": e.method, "elbo_min_converged": e.converged,
-                    "kl_at_elbo_minimizer": float(kl_e), "kl_error": kl_e.error,
-                    "best_kl": float(kl_k), "kl_min_converged": k.converged, "kl_min_iterations": k.iterations,
-                    "excess_kl": excess, "ratio_excess_to_best": excess / float(kl_k),
-                    "minimizer_distance": float((theta_e - k.params).norm()) / math.sqrt(fam.n_params),
-                    "defect": defect.value,
-                    "residual_at_elbo_min": dec_e.residual, "tolerance_at_elbo_min": dec_e.tolerance,
-                    "residual_at_kl_min": dec_k.residual, "tolerance_at_kl_min": dec_k.tolerance,
-                    "gap_at_elbo_min": dec_e.gap, "gap_at_kl_min": dec_k.gap,
-                })
+            fams = {f: mk for f, mk in _families(sched, not wide).items() if not wide or T <= WIDE_MAX_T[_kind(f)]}
+            for fname, make in ctx.progress(fams.items(), f"{sname} T={T}"):
+                rows.append(_cell(sname, T, fname, make(), warm.setdefault(fname, {}), wide))
     return rows
+
+
+def _cell(sname: str, T: int, fname: str, fam: study.Family, warm: Dict[str, torch.Tensor],
+          wide: bool) -> Dict[str, Any]:
+    """One (schedule, T, family) of part (b): both minimizers, their full-grid KLs, decompositions, defect.
+
+    ``warm`` holds the previous T's minimizers of this family (its parameters do not depend on T for the
+    mixture and MLP families); it is updated."""
+    t0 = tic = time.perf_counter()
+    kind = _kind(fname)
+    same_shape = {k: v for k, v in warm.items() if v.numel() == fam.n_params}
+    x0 = same_shape.get("elbo") if kind == "MLP" else None
+    e = study.minimize(study.ELBOObjective(Q3), fam, x0=x0,
+                       max_iter=WIDE_ELBO_ITER if (wide and kind == "MLP") else 2000)
+    theta_e = fam.vector()
+    t_elbo = time.perf_counter() - tic
+    dec_e = study.decomposition(fam, Q3)  # its KL is true_kl on the full grid, with the grid error
+    defect = study.consistency_defect(fam, Q3, grid_error=False)
+    tic = time.perf_counter()
+    kobj = study.KLObjective(Q3, grid=_search_grid(fam)) if wide else study.KLObjective(Q3)
+    start, start_from = theta_e, "elbo minimizer"
+    if "kl" in same_shape:
+        with torch.no_grad():
+            v_e = float(kobj(fam.model))
+            fam.set_vector(same_shape["kl"])
+            if float(kobj(fam.model)) < v_e:
+                start, start_from = same_shape["kl"], "KL minimizer of the previous T"
+    k = study.minimize(kobj, fam, x0=start, method="L-BFGS-B",
+                       max_iter=WIDE_KL_ITER[kind] if wide else 40)
+    t_kl = time.perf_counter() - tic
+    dec_k = study.decomposition(fam, Q3)
+    warm["elbo"], warm["kl"] = theta_e, k.params
+    kl_e, kl_k = dec_e.kl, dec_k.kl
+    excess = kl_e - kl_k
+    return {
+        "schedule": sname, "T": T, "family": fname, "n_params": fam.n_params,
+        "elbo_min_method": e.method, "elbo_min_converged": e.converged, "elbo_min_iterations": e.iterations,
+        "kl_at_elbo_minimizer": kl_e, "kl_error": dec_e.kl_error,
+        "best_kl": kl_k, "best_kl_error": dec_k.kl_error, "kl_min_converged": k.converged,
+        "kl_min_iterations": k.iterations, "kl_min_start": start_from,
+        "kl_search_grid_points": int(kobj.grid.numel()) if kobj.grid is not None else 0,
+        "excess_kl": excess, "ratio_excess_to_best": excess / kl_k,
+        "minimizer_distance": float((theta_e - k.params).norm()) / math.sqrt(fam.n_params),
+        "defect": defect.value,
+        "residual_at_elbo_min": dec_e.residual, "tolerance_at_elbo_min": dec_e.tolerance,
+        "residual_at_kl_min": dec_k.residual, "tolerance_at_kl_min": dec_k.tolerance,
+        "gap_at_elbo_min": dec_e.gap, "gap_at_kl_min": dec_k.gap,
+        "seconds_elbo_min": t_elbo, "seconds_kl_min": t_kl, "seconds": time.perf_counter() - t0,
+    }
 
 
 def _fit(rows: List[Dict[str, Any]], seed: int) -> Dict[str, float]:
@@ -307,9 +372,12 @@ class ElboVsKL(Experiment):
             f"Fitted relation over {f['n']} (family, T) points: log excess = {f['intercept']:.3f} + {f['slope']:.3f} "
             f"log defect, slope 95% bootstrap interval [{f['slope_lo']:.3f}, {f['slope_hi']:.3f}] (two families in "
             "quick mode: the fit mostly separates them).",
-            "KL minimizers by L-BFGS on the differentiable grid KL, warm-started at the ELBO minimizer; where the "
-            "search stopped at its iteration limit (kl_min_converged false in nonlinear.csv) the best KL is an "
-            "upper bound and the excess a lower bound. Computed in float64 on the CPU (the device option is not used).",
+            "KL minimizers by L-BFGS on the differentiable grid KL, started at the better of the ELBO minimizer and "
+            "the previous T's KL minimizer (kl_min_start in nonlinear.csv); in full mode the search runs on a cheaper "
+            f"grid (box +-{SEARCH_HALF_WIDTH:g}, step sqrt(min v_k)) and every reported KL is the full default grid's, "
+            "with its error. Where the search stopped at its iteration limit (kl_min_converged false) the best KL is "
+            "an upper bound and the excess a lower bound. Computed in float64 on the CPU (the device option is not "
+            "used); per-cell seconds in nonlinear.csv.",
         ]
 
     def figures(self, r: Dict[str, Any], ctx: Context) -> Dict[str, Any]:

@@ -22,7 +22,6 @@ import io
 import json
 import re
 import subprocess
-import time
 import tokenize
 from dataclasses import dataclass
 from functools import lru_cache
@@ -243,10 +242,8 @@ def test_math_note_numbers_its_identities_and_sections() -> None:
 
 
 def test_every_citation_resolves_inside_the_repository() -> None:
-    tic = time.perf_counter()
     problems = check_repository()
     assert not problems, "\n".join(str(p) for p in problems)
-    assert time.perf_counter() - tic < 2.0
 
 
 def test_the_tests_the_math_note_names_exist() -> None:

@@ -1,10 +1,11 @@
-"""Claims moved out of experiments/minimizers.py because they hold by construction (issue 10).
+"""The closed-form Gaussian sampler law over a family that contains the truth (I14, I9).
 
 "The ELBO minimizer is the true denoiser (theta = s)": the family {exact denoiser of N(0, theta^2 I)}
 contains the truth N(0, s^2 I), and -E_q[ELBO_theta] is, up to a theta-free constant, a weighted
 denoising loss that the exact denoiser minimizes at every step, so its minimizer is s whatever T.
-As an experiment claim it could not fail; as a test it guards the closed-form expected ELBO
-(GaussianSamplerLaw.expected_elbo) and AffineDenoiser.from_gaussian.
+As an experiment claim it could not fail (it was one, in the retired ``minimizers`` experiment); as a
+test it guards the closed-form expected ELBO (GaussianSamplerLaw.expected_elbo) and
+AffineDenoiser.from_gaussian.
 """
 from __future__ import annotations
 
