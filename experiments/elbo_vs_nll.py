@@ -271,11 +271,13 @@ class ElboVsNll(Experiment):
         y_all = np.array([x["nll"] for x in rows1])
         groups = [(x["training"], x["seed"]) for x in rows1]
 
+        rx, ry = np.argsort(np.argsort(x_all)), np.argsort(np.argsort(y_all))
+
         def ranks(s: float) -> Outcome:
-            # defect: the NLL pulled towards the ELBO, y <- (1 - s) y + s (-ELBO) (s = 1: the same ranking)
+            # defect: the NLL's ranks pulled towards the ELBO's, (1 - s) rank(y) + s rank(x) (s = 1: the same order)
             t = min(s, 1.0)
             ra = r["rank1"] if s == 0 else study.rank_agreement(
-                x_all, (1.0 - t) * y_all + t * x_all, groups=groups, n_boot=500, seed=ctx.seed)
+                x_all, (1.0 - t) * ry + t * rx, groups=groups, n_boot=500, seed=ctx.seed)
             return Outcome(ra.hi < 0.9, {"Spearman rho": ra.rho, "95% bootstrap interval upper end": ra.hi,
                                          "limit": 0.9})
 
@@ -284,7 +286,7 @@ class ElboVsNll(Experiment):
             "checkpoints of all trainings is well below 1",
             "the upper end of the 95% bootstrap interval of rho (resampling training runs) is below 0.9",
             ranks,
-            Control("NLL pulled towards -ELBO by the fraction", 1.0, ""),
+            Control("NLL's ranks pulled towards the ELBO's by the fraction", 1.0, ""),
         )
         eps = _final(rows1, "eps")
         elb = _final(rows1, "elbo")
