@@ -279,42 +279,79 @@ def pf_velocity(
     *,
     trace: str = "none",
     probes: Optional[Tensor] = None,
+    sketch: Optional[Tensor] = None,
+    create_graph: bool = False,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """Probability-flow velocity in the log-SNR clock and (optionally) its divergence (I20).
 
     ``F = c x + (alpha D(x, t) - x)/2`` with ``t = t(lambda)``, ``c = d log alpha/d lambda``;
-    ``div F = d c + (alpha tr dD/dx - d)/2``.
+    ``div F = d c + (alpha tr dD/dx - d)/2``.  Every trace assumes the rows of ``x`` are
+    independent points (row ``i`` of ``D`` depends on row ``i`` of ``x`` only).
 
     Args:
         model: any :class:`DiffusionModel` (its ``schedule`` defines ``t(lambda)``).
         x: ``(k, d)`` points in the model's coordinates.
         lam: scalar or ``(k,)`` log-SNR (float64).
-        trace: ``"none"`` (no divergence), ``"exact"`` (the model's closed-form
-            ``score_divergence`` if it has one, else autograd), ``"autograd"`` (``d`` backward
-            passes, exact), ``"hutchinson"`` (``mean_j v_j^T (dF/dx) v_j`` over ``probes``).
-        probes: ``(P, k, d)`` probe vectors for ``"hutchinson"``.
+        trace: ``"none"`` (no divergence); ``"exact"``: the model's closed-form
+            ``score_divergence`` if it has one, else ``tr dD/dx`` from one ``torch.func.vjp``
+            vmapped over the ``d`` basis covectors (a few batched backward passes), falling back
+            to ``"autograd"`` for a model ``torch.func`` cannot transform; ``"func"``: the
+            ``torch.func`` trace, without the fallback; ``"autograd"`` (``d`` sequential backward
+            passes, exact); ``"hutchinson"`` (``v_j^T (dF/dx) v_j`` for each of ``probes``);
+            ``"hutchpp"``: Hutch++ of ``dD/dx`` with the per-point ``sketch`` and residual
+            ``probes`` (identity H++ of :mod:`densityformula.likelihood._trace`).
+        probes: ``(P, k, d)`` probe vectors for ``"hutchinson"`` / residual probes for ``"hutchpp"``.
+        sketch: ``(r, k, d)`` sketch vectors for ``"hutchpp"``.
+        create_graph: keep ``F`` and the divergence attached to the autograd graph (of the model's
+            parameters and of ``x``), so that a solve can be differentiated (likelihood training).
 
     Returns:
-        ``(F (k, d), div F (k,) or None)``; for ``"hutchinson"`` the divergence is ``(k, P)``,
-        one single-probe estimate ``v_j^T (dF/dx) v_j`` per column.
+        ``(F (k, d), div F (k,) or None)``; for ``"hutchinson"`` and ``"hutchpp"`` the divergence
+        is ``(k, P)``, one unbiased single-probe estimate per column.
     """
+    from .likelihood import _trace
+
     t, alpha, s2, c = pf_coefficients(model.schedule, lam)
     d = x.shape[1]
     cb, ab = _bcast(c, x), _bcast(alpha, x)
+    grad_ctx = torch.enable_grad if create_graph else torch.no_grad
     if trace == "none":
-        with torch.no_grad():
+        with grad_ctx():
             return cb * x + 0.5 * (ab * model.denoise(x, t) - x), None
+    if trace not in ("exact", "func", "autograd", "hutchinson", "hutchpp"):
+        raise ValueError(f"trace must be 'exact', 'func', 'autograd', 'hutchinson' or 'hutchpp', got {trace!r}")
+    c_x, a_x = c.to(x.dtype), alpha.to(x.dtype)  # scalars or (k,)
     if trace == "exact" and model.has_exact_divergence:
-        with torch.no_grad():
+        with grad_ctx():
             # one pass where the model shares it (AnalyticModel: one set of responsibilities, I4)
             D, div_s = model.denoise_and_score_divergence(x, t)
             F = cb * x + 0.5 * (ab * D - x)
-            div = d * c.to(x.dtype) + 0.5 * s2.to(x.dtype) * div_s
+            div = d * c_x + 0.5 * s2.to(x.dtype) * div_s
             return F, div
-    if trace not in ("exact", "autograd", "hutchinson"):
-        raise ValueError(f"trace must be 'exact', 'autograd' or 'hutchinson', got {trace!r}")
+    if trace in ("exact", "func", "hutchpp"):
+
+        def den(z: Tensor) -> Tensor:
+            return model.denoise(z, t)
+
+        xin = x if create_graph else x.detach()
+        with grad_ctx():
+            if trace == "hutchpp":
+                if probes is None or sketch is None:
+                    raise ValueError("probes and sketch are required for trace='hutchpp'")
+                D, est = _trace.hutchpp_trace(den, xin, sketch, probes)  # (k, P) traces of dD/dx
+                F = cb * xin + 0.5 * (ab * D - xin)
+                cc, aa = (c_x[:, None], a_x[:, None]) if c_x.ndim else (c_x, a_x)
+                div = d * cc + 0.5 * (aa * est - d)
+                return (F, div) if create_graph else (F.detach(), div.detach())
+            res = _trace.exact_trace(den, xin) if trace == "func" else _trace.try_exact_trace(den, xin)
+            if res is not None:
+                D, tr = res
+                F = cb * xin + 0.5 * (ab * D - xin)
+                div = d * c_x + 0.5 * (a_x * tr - d)
+                return (F, div) if create_graph else (F.detach(), div.detach())
+        # trace="exact" on a model torch.func cannot transform: the sequential autograd passes below
     with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
+        xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
         F = cb * xg + 0.5 * (ab * model.denoise(xg, t) - xg)
         if trace == "hutchinson":
             if probes is None:
@@ -323,15 +360,19 @@ def pf_velocity(
             # is_grads_batched, whose vmap over the backward was 2-30x slower in d = 64)
             cols = []
             for j in range(probes.shape[0]):
-                (vjp,) = torch.autograd.grad(F, xg, probes[j], retain_graph=j + 1 < probes.shape[0])
+                keep = create_graph or j + 1 < probes.shape[0]
+                (vjp,) = torch.autograd.grad(F, xg, probes[j], retain_graph=keep, create_graph=create_graph)
                 cols.append((vjp * probes[j]).sum(-1))
             div = torch.stack(cols, 1)
         else:
             # exact trace: d backward passes, pass i gives row i of dF/dx for every point
             div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
             for i in range(d):
-                (gi,) = torch.autograd.grad(F[:, i].sum(), xg, retain_graph=i + 1 < d)
+                keep = create_graph or i + 1 < d
+                (gi,) = torch.autograd.grad(F[:, i].sum(), xg, retain_graph=keep, create_graph=create_graph)
                 div = div + gi[:, i]
+    if create_graph:
+        return F, div
     return F.detach(), div.detach()
 
 

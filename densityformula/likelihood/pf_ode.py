@@ -38,6 +38,7 @@ from ..models import DiffusionModel, check_model, checked, log_snr_interval
 from ..reverse import pf_velocity
 from ..schedules import Schedule
 from ._ode import dopri5_per_point
+from ._trace import SeedLike, per_point_seeds, point_probes
 
 Tensor = torch.Tensor
 #: ``"gaussian"``, an object with ``log_prob(x)``, a callable of ``x`` or of ``(x, t)``
@@ -46,6 +47,7 @@ Prior = Union[str, Callable[..., Tensor], object]
 __all__ = ["probability_flow", "pf_velocity"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+_TRACES = ("exact", "func", "autograd", "hutchinson", "hutchpp")
 
 
 def _alias(
@@ -75,9 +77,20 @@ def _end_lambda(
     return lam
 
 
-def _augmented(model: DiffusionModel, y: Tensor, lam: Tensor, d: int, trace: str, probes: Optional[Tensor]) -> Tensor:
+def _augmented(
+    model: DiffusionModel,
+    y: Tensor,
+    lam: Tensor,
+    d: int,
+    trace: str,
+    probes: Optional[Tensor],
+    sketch: Optional[Tensor] = None,
+    create_graph: bool = False,
+) -> Tensor:
     """``[F, div F]`` of the state ``y = [x, log-density columns]`` (I12 with the field of I20)."""
-    F, div = reverse.pf_velocity(model, y[:, :d], lam, trace=trace, probes=probes)
+    F, div = reverse.pf_velocity(
+        model, y[:, :d], lam, trace=trace, probes=probes, sketch=sketch, create_graph=create_graph
+    )
     if div is None:  # trace is never "none" here
         raise RuntimeError("pf_velocity returned no divergence")
     return torch.cat([F, div.reshape(div.shape[0], -1)], 1)
@@ -115,6 +128,9 @@ def probability_flow(
     error_norm: str = "max",
     lambda_clip: Optional[Tuple[float, float]] = None,
     generator: Optional[torch.Generator] = None,
+    seed: Optional[SeedLike] = None,
+    sketch_size: Optional[int] = None,
+    differentiable: bool = False,
     return_trajectory: bool = False,
     n_trajectory: int = 33,
     max_steps: int = 100_000,
@@ -140,13 +156,31 @@ def probability_flow(
         x: ``(n, d)`` points.
         rtol, atol: solver tolerances (state = ``x`` and the accumulated log-density).
         method: a ``torchdiffeq`` method (``solver="batch"``); ``solver="per_point"`` is dopri5.
-        trace: ``"exact"`` (closed-form ``model.score_divergence`` if present, else ``d``
-            autograd passes), ``"autograd"`` (always autograd), ``"hutchinson"`` (``n_probes``
-            probes, Rademacher or Gaussian, drawn once from ``generator`` and held fixed along
-            the path, estimates averaged).  With Hutchinson the log-density component is left
-            out of the error norm, so the steps depend only on the path of ``x`` and the
-            estimate is exactly unbiased for the exact-trace integral on those steps.
-        n_probes, probe: Hutchinson settings (``probe`` in ``{"rademacher", "gaussian"}``).
+        trace: ``"exact"`` (closed-form ``model.score_divergence`` if present, else ``tr dD/dx``
+            from ``torch.func``: one ``vjp`` vmapped over the ``d`` basis covectors, a few batched
+            passes; for a model ``torch.func`` cannot transform, ``d`` sequential autograd
+            passes), ``"func"`` (the ``torch.func`` trace, never the fallback), ``"autograd"``
+            (always the ``d`` sequential autograd passes; the reference), ``"hutchinson"``
+            (``n_probes`` probes, Rademacher or Gaussian, drawn once and held fixed along the
+            path, estimates averaged), ``"hutchpp"`` (Hutch++, identity H++ of
+            :mod:`densityformula.likelihood._trace`: per point a sketch of ``sketch_size``
+            vectors, default ``n_probes``, and ``n_probes`` residual probes, all held fixed along
+            the path; ``sketch_size + n_probes`` vector-Jacobian products and one forward pass
+            per evaluation).  With a stochastic trace the log-density component is left out of
+            the error norm, so the steps depend only on the path of ``x`` (the solver does not
+            resolve probe noise) and the estimate is exactly unbiased for the exact-trace
+            integral on those steps.
+        n_probes, probe: stochastic-trace settings (``probe`` in ``{"rademacher", "gaussian"}``;
+            the Hutch++ sketch uses the same kind).
+        seed: per-point seeds of the probes instead of ``generator``: an int ``s`` gives point
+            ``i`` the seed ``s + i``; a sequence or ``(n,)`` integer tensor gives each point its
+            own.  Each point's probes come from a generator seeded by its seed alone, so with
+            ``solver="per_point"`` a point's estimate is the same alone or in any batch.
+        sketch_size: ``trace="hutchpp"``: sketch vectors per point (default ``n_probes``).
+        differentiable: keep ``value`` attached to the autograd graph of the model's parameters
+            (and of ``x``): the solve is differentiated through (backpropagation through the
+            solver's steps, every solver), the trace computed with ``create_graph``.  Memory
+            grows with the number of steps.
         prior: the log-density at the prior end: ``"gaussian"`` = ``N(0, sigma(t_max)^2 I)`` (the
             forward marginal with the ``alpha x_0`` term dropped; it is the exact ``q_{t_max}`` only
             when ``alpha = 0``); an object with ``log_prob(x)`` (e.g. ``gmm.marginal(schedule, t)``);
@@ -175,7 +209,7 @@ def probability_flow(
             each point's RMS error ratio: every point meets its own tolerance) or ``"rms"``
             (``torchdiffeq``'s default: RMS over the whole batch state, cheaper, only the batch
             average meets the tolerance).
-        generator: source of the Hutchinson probes.
+        generator: source of the stochastic-trace probes (not with ``seed``).
         return_trajectory: with ``solver="batch"``, put ``(lambdas, x_path)`` in
             ``extras["trajectory"]`` (``n_trajectory`` points from ``lambda_s`` to ``lambda_e``,
             both ends included, so ``n_trajectory`` must be an int ``>= 2``; ``ValueError`` otherwise).
@@ -207,8 +241,15 @@ def probability_flow(
         raise TypeError(f"return_trajectory must be a bool, got {type(return_trajectory).__name__}")
     if return_trajectory:
         n_trajectory = check_int(n_trajectory, "n_trajectory", 2)
-    if trace not in ("exact", "autograd", "hutchinson"):
-        raise ValueError(f"trace must be 'exact', 'autograd' or 'hutchinson', got {trace!r}")
+    if trace not in _TRACES:
+        raise ValueError(f"trace must be one of {', '.join(map(repr, _TRACES))}, got {trace!r}")
+    if not isinstance(differentiable, (bool, np.bool_)):
+        raise TypeError(f"differentiable must be a bool, got {type(differentiable).__name__}")
+    differentiable = bool(differentiable)
+    if seed is not None and generator is not None:
+        raise ValueError("give generator or seed (per-point probe seeds), not both")
+    if sketch_size is not None:
+        sketch_size = check_int(sketch_size, "sketch_size", 1)
     if solver not in ("batch", "per_point", "loop"):
         raise ValueError(f"solver must be 'batch', 'per_point' or 'loop', got {solver!r}")
     n_probes = check_int(n_probes, "n_probes", 1)
@@ -254,24 +295,33 @@ def probability_flow(
         asked = ", ".join(nm for nm, v in ((lo_name, t_lo), (hi_name, t_hi), ("lambda_clip", clip)) if v is not None)
         _warn_outside_valid(model, interval[0], interval[1], f"from {asked}")
 
-    probes = None
-    if trace == "hutchinson":
-        if probe == "rademacher":
-            probes = torch.randint(0, 2, (n_probes, n, d), generator=generator, device=dev).to(dtype) * 2 - 1
+    probes: Optional[Tensor] = None
+    sketch: Optional[Tensor] = None
+    stochastic = trace in ("hutchinson", "hutchpp")
+    if stochastic:
+        k_sk = (sketch_size if sketch_size is not None else n_probes) if trace == "hutchpp" else 0
+        if seed is not None:
+            seeds = per_point_seeds(seed, n)
+            allp = point_probes(seeds, (k_sk + n_probes, d), probe, dtype, dev)  # (k + P, n, d)
+        elif probe == "rademacher":
+            allp = torch.randint(0, 2, (k_sk + n_probes, n, d), generator=generator, device=dev).to(dtype) * 2 - 1
         else:
-            probes = torch.randn(n_probes, n, d, generator=generator, dtype=dtype, device=dev)
-    n_div = n_probes if trace == "hutchinson" else 1
+            allp = torch.randn(k_sk + n_probes, n, d, generator=generator, dtype=dtype, device=dev)
+        sketch, probes = (allp[:k_sk], allp[k_sk:]) if trace == "hutchpp" else (None, allp)
+    n_div = n_probes if stochastic else 1
     err_cols = torch.ones(d + n_div, dtype=torch.bool, device=dev)
-    if trace == "hutchinson":
+    if stochastic:
         err_cols[d:] = False
 
-    y0 = torch.cat([x.detach(), torch.zeros(n, n_div, dtype=dtype, device=dev)], 1)
+    x0 = x if differentiable else x.detach()
+    y0 = torch.cat([x0, torch.zeros(n, n_div, dtype=dtype, device=dev)], 1)
     extras: Dict[str, Any] = {}
     if solver == "per_point":
 
         def func_pp(lam: Tensor, y: Tensor, idx: Tensor) -> Tensor:
             pr = probes[:, idx] if probes is not None else None
-            return _augmented(model, y, lam, d, trace, pr)
+            sk = sketch[:, idx] if sketch is not None else None
+            return _augmented(model, y, lam, d, trace, pr, sk, differentiable)
 
         y1, nfe_pp, iters = dopri5_per_point(
             func_pp, y0, lam_s_n.double(), lam_e_n.double(), rtol=rtol, atol=atol, err_cols=err_cols,
@@ -282,7 +332,7 @@ def probability_flow(
     elif solver == "batch":
         y1, nfe_b, traj = _solve_torchdiffeq(
             model, y0, lam_s_n, lam_e_n, trace, probes, rtol, atol, method, err_cols, return_trajectory,
-            n_trajectory, error_norm,
+            n_trajectory, error_norm, sketch, differentiable,
         )
         nfe_per_point = torch.full((n,), nfe_b, dtype=torch.int64, device=dev)
         if traj is not None:
@@ -291,9 +341,10 @@ def probability_flow(
         outs, nfes = [], []
         for i in range(n):  # reference mode: deliberately one solve per point
             pr = probes[:, i : i + 1] if probes is not None else None
+            sk = sketch[:, i : i + 1] if sketch is not None else None
             yi, nfe_i, _ = _solve_torchdiffeq(
                 model, y0[i : i + 1], lam_s_n[i : i + 1], lam_e_n[i : i + 1], trace, pr, rtol, atol, method,
-                err_cols, False, 0,
+                err_cols, False, 0, "max", sk, differentiable,
             )
             outs.append(yi)
             nfes.append(nfe_i)
@@ -301,7 +352,7 @@ def probability_flow(
         nfe_per_point = torch.tensor(nfes, dtype=torch.int64, device=dev)
 
     x_end, deltas = y1[:, :d], y1[:, d:]
-    delta = deltas.mean(1)
+    delta = _row_mean(deltas)
     t_end_used = sched.t_from_log_snr(lam_e_n.double())
     if isinstance(prior_fn, LogDensity):
         prior_logp = prior_fn(x_end, t_end_used)
@@ -311,15 +362,17 @@ def probability_flow(
     value = prior_logp.to(dtype) + delta
     if not bool(torch.isfinite(value).all()):
         raise FloatingPointError("probability_flow produced a non-finite log-density")
-    stderr = torch.zeros_like(value)
-    if trace == "hutchinson":
+    stderr = torch.zeros_like(value).detach()
+    if stochastic:
         # each probe's integral is carried in its own state column, so the spread over probes
         # gives the standard error of their mean; one probe has no spread: stderr = inf.
         if n_probes > 1:
-            stderr = deltas.std(1) / math.sqrt(n_probes)
+            # the spread written as row means (as the value): the same bits alone or in any batch
+            dev_sq = (deltas.detach() - delta.detach()[:, None]) ** 2
+            stderr = torch.sqrt(_row_mean(dev_sq) / (n_probes - 1.0))
         else:
             stderr = torch.full_like(value, math.inf)
-        extras["delta_logp_per_probe"] = deltas
+        extras["delta_logp_per_probe"] = deltas.detach()
     t_start_used = sched.t_from_log_snr(lam_s_n.double())
     extras.update(
         prior_logp=prior_logp,
@@ -335,12 +388,21 @@ def probability_flow(
         nfe_per_point=nfe_per_point,
     )
     return Estimate(
-        value=value.detach(),
+        value=value if differentiable else value.detach(),
         stderr=stderr,
         nfe=int(nfe_per_point.max()) if n else 0,
         seconds=time.perf_counter() - tic,
         extras=extras,
     )
+
+
+def _row_mean(v: Tensor) -> Tensor:
+    """Mean over the columns of ``(n, P)`` as ``P - 1`` elementwise additions: each row's bits do
+    not depend on the other rows (a vectorized row reduction may differ in the last bit with ``n``)."""
+    acc = v[:, 0].clone()
+    for j in range(1, v.shape[1]):
+        acc = acc + v[:, j]
+    return acc / v.shape[1]
 
 
 def _first_step(
@@ -383,6 +445,8 @@ def _solve_torchdiffeq(
     return_trajectory: bool,
     n_trajectory: int,
     error_norm: str = "max",
+    sketch: Optional[Tensor] = None,
+    differentiable: bool = False,
 ) -> Tuple[Tensor, int, Optional[Tuple[Tensor, Tensor]]]:
     """One ``torchdiffeq.odeint`` solve of the whole batch from ``lam_s`` to ``lam_e``.
 
@@ -406,7 +470,7 @@ def _solve_torchdiffeq(
     if same:
         def func_lam(lam: Tensor, y: Tensor) -> Tensor:
             counter[0] += 1
-            return _augmented(model, y, lam.to(torch.float64), d, trace, probes)
+            return _augmented(model, y, lam.to(torch.float64), d, trace, probes, sketch, differentiable)
 
         func = func_lam
         grid = torch.stack([lam_s[0], lam_e[0]]).double()
@@ -418,18 +482,19 @@ def _solve_torchdiffeq(
         def func_s(s: Tensor, y: Tensor) -> Tensor:
             counter[0] += 1
             lam = lam_s.double() + s.double() * span
-            return _augmented(model, y, lam, d, trace, probes) * span.to(y.dtype)[:, None]
+            return _augmented(model, y, lam, d, trace, probes, sketch, differentiable) * span.to(y.dtype)[:, None]
 
         func = func_s
         grid = torch.tensor([0.0, 1.0], dtype=torch.float64)
         if return_trajectory:
             grid = torch.linspace(0.0, 1.0, n_trajectory, dtype=torch.float64)
     grid = grid.to(y0.device)
-    with torch.no_grad():
+    with torch.enable_grad() if differentiable else torch.no_grad():
         options: Dict[str, Any] = {"norm": norm}
         orders = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}
         if method in orders:
-            options["first_step"] = _first_step(func, grid, y0, rtol, atol, norm, orders[method])
+            with torch.no_grad():  # the first trial step is a choice, not part of the value
+                options["first_step"] = _first_step(func, grid, y0.detach(), rtol, atol, norm, orders[method])
             # land exactly on the end instead of stepping past it and interpolating: past the end
             # lambda leaves the schedule's log-SNR range.  Only the end: the trajectory's inner
             # times are read off the solver's dense output, so asking for them does not change the
