@@ -17,6 +17,7 @@ quantised data.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -117,10 +118,12 @@ def _sq_errors(
     n_samples: int,
     generator: Optional[torch.Generator],
     cv: Optional[Tensor] = None,
+    differentiable: bool = False,
 ) -> Tensor:
     """``|x0 - D_k(x_k)|^2 - cv_k (|eps|^2 - d)`` for ``x_k ~ q(x_k | x0)``, ``(len(ks), n_samples, n)``.
 
-    All (step, sample, point) triples go through the model in batched calls with per-point times.
+    All (step, sample, point) triples go through the model in batched calls with per-point times;
+    ``differentiable`` keeps the model's outputs on the autograd graph.
     """
     n, d = x0.shape
     dev, dt = x0.device, x0.dtype
@@ -139,7 +142,7 @@ def _sq_errors(
         xk = sa * x0[None, None] + so * eps
         scale = kern.in_scale.to(dev)[kk - 1].to(dt)[:, None, None, None]
         t = kern.model_t.to(dev)[kk - 1][:, None, None].expand(mm, n_samples, n).reshape(-1)
-        with torch.no_grad():
+        with contextlib.nullcontext() if differentiable else torch.no_grad():
             D = kern.model.denoise((scale * xk).reshape(-1, d), t).reshape(mm, n_samples, n, d)
         err = ((x0[None, None] - D) ** 2).sum(-1)
         if cv is not None:
@@ -184,8 +187,11 @@ def _ddpm_core(
     generator: Optional[torch.Generator],
     cv_data_var: Optional[float] = 1.0,
     memory_budget: int = 1 << 30,
+    differentiable: bool = False,
 ) -> Dict[str, Any]:
     x = _check_x(model, x)
+    if not isinstance(differentiable, bool):
+        raise TypeError(f"differentiable must be a bool, got {type(differentiable).__name__}")
     memory_budget = check_int(memory_budget, "memory_budget", 1)
     model = _boundary(model)
     if cv_data_var is not None:
@@ -212,7 +218,7 @@ def _ddpm_core(
         group = max(1, memory_budget // (_BYTES_PER_ENTRY * T * n_samples * (d + 4)))
         losses, ses, per_steps = [], [], []
         for i0 in range(0, n, group):
-            err = _sq_errors(kern, x[i0 : i0 + group], ks, n_samples, generator, cv)  # (T, S, g)
+            err = _sq_errors(kern, x[i0 : i0 + group], ks, n_samples, generator, cv, differentiable)  # (T, S, g)
             loss_k = 0.5 * w[:, None, None] * err  # (T, S, g)
             del err
             losses.append(loss_k.mean(1).sum(0))
@@ -235,10 +241,11 @@ def _ddpm_core(
             q = _check_step_probs(step_probs, T)
         # the decoder term (k = 1) is the largest single term: always estimated, never sampled,
         # so that the sampled part is not dominated by how often k = 1 happens to be drawn
-        err1 = _sq_errors(kern, x, torch.ones(1, dtype=torch.long, device=dev), n_samples, generator, cv)[0]
+        err1 = _sq_errors(kern, x, torch.ones(1, dtype=torch.long, device=dev), n_samples, generator, cv,
+                          differentiable)[0]
         l1 = 0.5 * w[0] * err1  # (S, n)
         idx = torch.multinomial(q, steps, replacement=True, generator=generator) + 2  # (m,) in 2..T
-        err = _sq_errors(kern, x, idx.to(dev), n_samples, generator, cv)  # (m, S, n)
+        err = _sq_errors(kern, x, idx.to(dev), n_samples, generator, cv, differentiable)  # (m, S, n)
         qk = q[idx - 2].to(dev, dt)[:, None]
         # unbiased for sum_{k>=2} ell_k (constant part handled exactly): (1/m) sum_j ell_{k_j} / q_{k_j}
         contrib = (0.5 * w[idx - 1][:, None] * err.mean(1)) / qk  # (m, n)
@@ -252,6 +259,9 @@ def _ddpm_core(
         nfe = (steps + 1) * n_samples
     L_T = _prior_kl(x, float(sched.alpha_bars[-1]), float(sched.one_minus_alpha_bars[-1]), kern.prior_var)
     constant = -(L_T + const_sum)
+    if differentiable:  # only the value carries the gradient
+        se = se.detach()
+        per_step = None if per_step is None else per_step.detach()
     return {"loss": loss, "se": se, "constant": constant, "L_T": L_T, "per_step": per_step, "nfe": nfe, "kernels": kern,
             "interval": _ddpm_interval(kern)}
 
@@ -269,6 +279,7 @@ def ddpm(
     generator: Optional[torch.Generator] = None,
     cv_data_var: Optional[float] = 1.0,
     memory_budget: int = 1 << 30,
+    differentiable: bool = False,
 ) -> Estimate:
     """Ho et al.'s per-point DDPM ELBO of the model's ancestral sampler (I9), in nats.
 
@@ -317,6 +328,10 @@ def ddpm(
         memory_budget: bytes the all-steps estimate may use for its work arrays: points are
             processed in groups of about ``memory_budget / (8 T n_samples (d + 4))``, so memory
             does not grow with ``n`` beyond the returned per-point terms.
+        differentiable: keep ``value`` on the autograd graph of the model's parameters (and of
+            ``x``), for likelihood training; with a fixed ``generator`` seed it is a smooth function
+            of the parameters (the draws of ``x_k`` do not depend on them).  Off by default: the
+            model is then called under ``no_grad``.
 
     Returns:
         :class:`Estimate`; ``nfe = T * n_samples`` (or ``(steps + 1) * n_samples``); ``extras``:
@@ -326,7 +341,7 @@ def ddpm(
     """
     tic = time.perf_counter()
     r = _ddpm_core(model, x, schedule, variance, decoder_variance, n_samples, steps, step_probs, generator,
-                   cv_data_var, memory_budget)
+                   cv_data_var, memory_budget, differentiable)
     value = r["constant"] - r["loss"]
     extras = {"L_T": r["L_T"], "objective": r["loss"], "constant": r["constant"], "variance": variance,
               **r["interval"]}
@@ -348,6 +363,7 @@ def ddpm_objective(
     generator: Optional[torch.Generator] = None,
     cv_data_var: Optional[float] = 1.0,
     memory_budget: int = 1 << 30,
+    differentiable: bool = False,
 ) -> Estimate:
     """The DDPM training objective: the theta-dependent part of ``-ELBO``, in nats (I7, I9).
 
@@ -360,7 +376,7 @@ def ddpm_objective(
     """
     tic = time.perf_counter()
     r = _ddpm_core(model, x, schedule, variance, decoder_variance, n_samples, steps, step_probs, generator,
-                   cv_data_var, memory_budget)
+                   cv_data_var, memory_budget, differentiable)
     extras = {"constant": r["constant"], "variance": variance, **r["interval"]}
     return Estimate(r["loss"], r["se"], r["nfe"], time.perf_counter() - tic, extras)
 
