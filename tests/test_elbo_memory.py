@@ -71,9 +71,9 @@ def test_work_arrays_of_each_group_fit_the_budget(monkeypatch):
     seen = []
     real = E._sq_errors
 
-    def spy(kern, x0, ks, n_samples, generator, cv):
+    def spy(kern, x0, ks, n_samples, generator, cv, *rest):
         seen.append(int(ks.shape[0]) * n_samples * int(x0.shape[0]) * (int(x0.shape[1]) + 4) * 8)
-        return real(kern, x0, ks, n_samples, generator, cv)
+        return real(kern, x0, ks, n_samples, generator, cv, *rest)
 
     monkeypatch.setattr(E, "_sq_errors", spy)
     gmm = df.targets.random_gmm(2, 3, seed=0)
