@@ -13,6 +13,8 @@ A denoising loss estimates ``int rho(t) E[err(x_0, t, eps)] dt`` over a time ran
 - :mod:`.data`: :class:`TensorData`, :class:`SampledData` (each with its own generator);
 - :mod:`.ema`: :class:`EMA`;
 - :mod:`.checkpoint`: :class:`Checkpointer` (atomic writes, what a checkpoint holds);
+- :mod:`.distributed`: :class:`DistributedContext`, data-parallel training over ``torch.distributed``
+  (``torchrun``; the same result as one process at the same global batch);
 - :mod:`.trainer`: :class:`Trainer`, the sectioned training loop over them (keyword
   constructor, or :meth:`Trainer.from_parts`); it records the trained log-SNR range on the model
   (``model.valid_log_snr``, I24).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from .checkpoint import Checkpointer, CheckpointError, atomic_save, load_checkpoint, remove_stale_temp_files
 from .data import DataSource, SampledData, TensorData, as_data_source
+from .distributed import DistributedContext, resolve_distributed
 from .ema import EMA
 from .losses import (
     TIME_SAMPLINGS,
@@ -89,6 +92,8 @@ __all__ = [
     "SampledData",
     "as_data_source",
     "EMA",
+    "DistributedContext",
+    "resolve_distributed",
     "Checkpointer",
     "CheckpointError",
     "remove_stale_temp_files",

@@ -17,6 +17,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 
 from .._validation import check_float_dtype, check_int, check_seed, resolve_device
+from .distributed import shard_bounds
 from .time_sampling import DeviceLike
 
 Tensor = torch.Tensor
@@ -34,6 +35,10 @@ def _seeded(seed: object) -> torch.Generator:
     g = torch.Generator(device="cpu")
     g.manual_seed(value)
     return g
+
+
+def _bounds(batch_size: int, rank: int, world_size: int) -> Tuple[int, int]:
+    return shard_bounds(check_int(batch_size, "batch_size", 1), rank, world_size)
 
 
 def _opt_dtype(dtype: object) -> Optional[torch.dtype]:
@@ -62,6 +67,19 @@ class DataSource(ABC):
     @abstractmethod
     def next_batch(self, batch_size: int) -> Batch:
         """The next ``(x_0, y)`` batch: ``x_0`` of shape ``(batch_size, ...)``, ``y`` labels or ``None``."""
+
+    def next_shard(self, batch_size: int, rank: int, world_size: int) -> Batch:
+        """Rank ``rank``'s rows ``[rank B // W, (rank + 1) B // W)`` of the next global batch of ``B = batch_size``.
+
+        The source advances exactly as :meth:`next_batch` ``(batch_size)`` does, on every rank, so
+        the union over ranks of the shards is the single-process batch and a checkpoint of the
+        source's state is the same for every world size.  This default draws the global batch and
+        keeps the slice (a sampler's draws cannot be split without changing them);
+        :class:`TensorData` gathers only its own rows.
+        """
+        lo, hi = _bounds(batch_size, rank, world_size)
+        x, y = self.next_batch(batch_size)
+        return x[lo:hi], (y[lo:hi] if y is not None else None)
 
     @property
     def max_batch_size(self) -> Optional[int]:
@@ -158,7 +176,8 @@ class TensorData(DataSource):
         """The shape of one data point (``(d,)`` for ``(N, d)`` data)."""
         return tuple(self._x.shape[1:])
 
-    def next_batch(self, batch_size: int) -> Batch:
+    def _indices(self, batch_size: int) -> Tensor:
+        """The next global batch's row indices (CPU), advancing the permutation."""
         batch_size = check_int(batch_size, "batch_size", 1)
         N = self._x.shape[0]
         if batch_size > N:
@@ -166,9 +185,22 @@ class TensorData(DataSource):
         if self._perm is None or self._pos + batch_size > N:
             self._perm = torch.randperm(N, generator=self.generator)
             self._pos = 0
-        idx = self._perm[self._pos : self._pos + batch_size].to(self.device)
+        idx = self._perm[self._pos : self._pos + batch_size]
         self._pos += batch_size
+        return idx
+
+    def _rows(self, idx: Tensor) -> Batch:
+        idx = idx.to(self.device)
         return self._x[idx], (self._y[idx] if self._y is not None else None)
+
+    def next_batch(self, batch_size: int) -> Batch:
+        return self._rows(self._indices(batch_size))
+
+    def next_shard(self, batch_size: int, rank: int, world_size: int) -> Batch:
+        """This rank's rows of the next global batch: the permutation advances by ``batch_size``, only
+        the rank's rows are gathered (see :meth:`DataSource.next_shard`)."""
+        lo, hi = _bounds(batch_size, rank, world_size)
+        return self._rows(self._indices(batch_size)[lo:hi])
 
     def state_dict(self) -> Dict[str, object]:
         """Generator state, the current permutation (CPU) and the position in it."""

@@ -10,7 +10,7 @@ the warm-up of ``decay_k`` keeping the average from remembering the initial weig
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,16 @@ from torch import nn
 
 from .._validation import check_int
 
+Tensor = torch.Tensor
+
 __all__ = ["EMA"]
+
+
+def _max_abs(tensors: List[Tensor]) -> List[Tensor]:
+    """``max |t|`` of each tensor (NaN if it holds a NaN), one fused call where torch has one."""
+    if hasattr(torch, "_foreach_max"):
+        return list(torch._foreach_max(torch._foreach_abs(tensors)))
+    return [t.abs().amax() for t in tensors]
 
 
 class EMA:
@@ -44,26 +53,56 @@ class EMA:
         self.module: nn.Module = copy.deepcopy(model, memo=memo)
         for p in self.module.parameters():
             p.requires_grad_(False)
+        self._mine: Optional[List[Tensor]] = None  # the average's parameters, listed once
 
     def decay_at(self, step: int) -> float:
         """``decay_k = min(decay, (1 + k) / (10 + k))`` after step ``k``."""
         return min(self.decay, (1.0 + step) / (10.0 + step))
 
     def update(self, model: nn.Module, step: int) -> None:
-        """``theta_ema <- decay_k theta_ema + (1 - decay_k) theta`` after step ``step`` (``torch.lerp``)."""
+        """``theta_ema <- decay_k theta_ema + (1 - decay_k) theta`` after step ``step`` (``torch.lerp``).
+
+        ``model`` must have the averaged network's parameters (number and shapes); a model with a
+        NaN or inf parameter is a ``ValueError`` and leaves the average unchanged.
+        """
         step = check_int(step, "step", 0)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        mine, theirs = list(self.module.parameters()), list(model.parameters())
+        theirs = list(model.parameters())
+        mine = self._params()
         if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
             raise ValueError("model does not have the averaged network's parameters (number or shapes differ)")
+        self.update_tensors(theirs, step)
+
+    def _params(self) -> List[Tensor]:
+        mine = self._mine
+        if mine is None:
+            mine = self._mine = list(self.module.parameters())
+        return mine
+
+    def update_tensors(self, params: Sequence[Tensor], step: int) -> None:
+        """:meth:`update` from the trained parameters ``params``, in ``module.parameters()`` order.
+
+        The trainer's per-step path: ``params`` are taken as checked (same number and shapes as
+        the average's; the trainer lists them once).  One fused ``torch._foreach_lerp_`` over all
+        tensors (bitwise what the per-tensor ``lerp_`` gives) and one finiteness check (the
+        max-abs of every tensor, ``max |theta_i|``, propagates NaN and inf and cannot overflow): a
+        non-finite parameter is a ``ValueError`` and leaves the average unchanged.
+        """
+        mine = self._params()
         decay = self.decay_at(step)
         with torch.no_grad():
-            for p in theirs:
-                if not bool(torch.isfinite(p).all()):
+            theirs = [p if p.dtype == pe.dtype and p.device == pe.device else p.to(dtype=pe.dtype, device=pe.device)
+                      for pe, p in zip(mine, params)]
+            if theirs:
+                peaks = _max_abs(theirs)
+                try:
+                    finite = bool(torch.stack(peaks).isfinite().all())
+                except RuntimeError:  # parameters on several devices
+                    finite = bool(torch.stack([m.cpu() for m in peaks]).isfinite().all())
+                if not finite:
                     raise ValueError(f"model has NaN or inf parameters at step {step}; the average is left unchanged")
-            for pe, p in zip(mine, theirs):
-                pe.lerp_(p.to(dtype=pe.dtype, device=pe.device), 1.0 - decay)
+            torch._foreach_lerp_(mine, theirs, 1.0 - decay)
 
     def state_dict(self) -> Dict[str, Any]:
         """The averaged module's state dict (loadable into a model built like the trained one)."""

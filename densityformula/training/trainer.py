@@ -12,7 +12,16 @@
 3. loop (:meth:`Trainer.train`, :meth:`Trainer.train_step`): batch, loss, step, EMA, record;
 4. checkpoint: every ``checkpoint_every`` steps and at the end, atomically.
 
-On CPU a resumed run is bitwise identical to an uninterrupted one.
+On CPU a resumed run is bitwise identical to an uninterrupted one.  On several processes
+(``torchrun``; :mod:`.distributed`) the same code trains the same model at the same global batch,
+each rank on its rows, with one gradient all-reduce per step; checkpoints are written by rank 0
+and resume on any number of processes.
+
+The per-step path is lean: parameters are listed once, AdamW, clipping and the EMA use torch's
+multi-tensor (``foreach``) kernels, one synchronisation reads (and checks) the loss, and the
+loss's per-batch input and output checks run on the first batch only when the loss is a plain
+:class:`WeightedLoss` and the data a :class:`TensorData` / :class:`SampledData` (which check
+their values themselves); the numbers are those of the checked path.
 """
 from __future__ import annotations
 
@@ -26,12 +35,13 @@ import torch
 from torch import nn
 
 from .._validation import check_int, check_seed, model_dimension, resolve_device
-from ..models import DiffusionModel, check_model
+from ..models import CheckedModel, DiffusionModel, check_model
 from .checkpoint import FORMAT, Checkpointer, CheckpointError, atomic_save
 from .checkpoint import load_checkpoint as _read_checkpoint
-from .data import DataSource, TensorData, as_data_source
+from .data import DataSource, SampledData, TensorData, as_data_source
+from .distributed import DistributedContext, resolve_distributed
 from .ema import EMA
-from .losses import DenoisingLoss, WeightedLoss, same_schedule
+from .losses import DenoisingLoss, NoisyBatch, WeightedLoss, same_schedule
 from .time_sampling import DeviceLike
 
 Tensor = torch.Tensor
@@ -154,7 +164,14 @@ class Trainer:
             :meth:`train`).
         resume_from: a checkpoint to continue from exactly (model, optimizer, EMA, generators,
             data order, step, history).
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (rank 0 only).
+        distributed: data-parallel training over ``torch.distributed`` (:mod:`.distributed`):
+            ``None`` (default) finds an initialised process group or the ``torchrun``
+            environment, else trains on one process; ``True`` requires one; ``False`` trains on
+            this process alone; or a :class:`~.distributed.DistributedContext`.  ``batch_size`` is
+            the global batch: ``W`` processes train what one process trains at that batch (to
+            float rounding), each on its rows; rank 0 writes the checkpoints, which resume on any
+            number of processes.
 
     The model's ``valid_log_snr`` (when settable, as on ``MLPDenoiser``) is set to the loss's
     :attr:`~WeightedLoss.trained_log_snr_range` at set-up (docs/math.md I24) and saved with the weights.
@@ -188,6 +205,7 @@ class Trainer:
         resume_from: Optional[PathLike] = None,
         overwrite: bool = False,
         progress: bool = True,
+        distributed: Union[None, bool, DistributedContext] = None,
     ) -> None:
         module = _check_trainable(model)
         steps, batch_size = check_int(steps, "steps", 1), check_int(batch_size, "batch_size", 1)
@@ -199,7 +217,7 @@ class Trainer:
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if ema_decay is not None and not (isinstance(ema_decay, (int, float)) and 0.0 <= ema_decay < 1.0):
             raise ValueError(f"ema_decay must be None or a float in [0, 1), got {ema_decay!r}")
-        dev = resolve_device(device)
+        ctx, dev = resolve_distributed(distributed, resolve_device(device))
         amp = _amp_dtype(mixed_precision, dev)
         if loss is None:
             loss = DenoisingLoss(model.schedule, weighting, time_sampling)
@@ -209,7 +227,7 @@ class Trainer:
         params = [p for p in module.parameters() if p.requires_grad]
         if not params:
             raise ValueError("model has no trainable parameters")
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        optimizer = _adamw(params, lr, weight_decay)
         factor = WarmupCosine(steps, warmup, lr_schedule == "cosine")
         # a plain function: LambdaLR then keeps its settings out of the checkpoint (a resume may change ``steps``)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: factor(k))
@@ -218,7 +236,7 @@ class Trainer:
         self._assemble(
             module, source, loss, steps=steps, batch_size=batch_size, optimizer=optimizer, lr_scheduler=scheduler,
             ema=ema_decay, checkpointer=checkpointer, noise_seed=(seed + 1) % 2**63, grad_clip=grad_clip,
-            label_dropout=label_dropout, amp_dtype=amp, device=dev, progress=progress,
+            label_dropout=label_dropout, amp_dtype=amp, device=dev, progress=progress, dist=ctx,
         )
         self.seed: Optional[int] = seed
         self._checkpoint_every = checkpoint_every
@@ -256,6 +274,7 @@ class Trainer:
         device: DeviceLike = "auto",
         progress: bool = False,
         resume_from: Optional[PathLike] = None,
+        distributed: Union[None, bool, DistributedContext] = None,
     ) -> Trainer:
         """A trainer over ready-made parts.
 
@@ -273,22 +292,22 @@ class Trainer:
             noise_seed: seeds the generator of times, noise and label dropout (on ``device``).
             grad_clip, label_dropout, mixed_precision, progress: as in :class:`Trainer`.
             resume_from: a checkpoint written by a trainer over the same parts.
+            distributed: as in :class:`Trainer`.
         """
         self = cls.__new__(cls)
         module = _check_trainable(model)
-        dev = resolve_device(device)
+        ctx, dev = resolve_distributed(distributed, resolve_device(device))
         module.to(dev)
         if not isinstance(data, DataSource):
             raise TypeError(f"data must be a densityformula.training DataSource, got {type(data).__name__}")
         data.to(dev, _param_dtype(module))
         if optimizer is None:
-            optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3,
-                                          weight_decay=0.0)
+            optimizer = _adamw([p for p in module.parameters() if p.requires_grad], 1e-3, 0.0)
         self._assemble(
             module, data, loss, steps=check_int(steps, "steps", 1), batch_size=check_int(batch_size, "batch_size", 1),
             optimizer=optimizer, lr_scheduler=lr_scheduler, ema=ema, checkpointer=checkpointer,
             noise_seed=check_seed(noise_seed, "noise_seed"), grad_clip=grad_clip, label_dropout=label_dropout,
-            amp_dtype=_amp_dtype(mixed_precision, dev), device=dev, progress=progress,
+            amp_dtype=_amp_dtype(mixed_precision, dev), device=dev, progress=progress, dist=ctx,
         )
         self.seed = None
         self._checkpoint_every = checkpointer.every if checkpointer is not None else 0
@@ -320,6 +339,7 @@ class Trainer:
         amp_dtype: Optional[torch.dtype],
         device: torch.device,
         progress: bool,
+        dist: DistributedContext,
     ) -> None:
         """The set-up shared by both constructors (the model and data are already on ``device``)."""
         if not isinstance(loss, WeightedLoss):
@@ -344,6 +364,12 @@ class Trainer:
             raise ValueError("label_dropout needs class labels in data and a model with num_classes")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if batch_size < dist.world_size:
+            raise ValueError(f"batch_size={batch_size} is smaller than the number of processes ({dist.world_size}): "
+                             "every rank needs at least one row of the global batch")
+        self.dist = dist
+        # every replica starts from rank 0's weights (before the EMA copy, so it starts from them too)
+        dist.broadcast_module(model)
         self.model = model
         self._denoiser = denoiser
         self.data = data
@@ -354,7 +380,7 @@ class Trainer:
         self.batch_size = batch_size
         self.grad_clip = float(grad_clip) if grad_clip is not None else None
         self.label_dropout = float(label_dropout)
-        self.progress = progress
+        self.progress = progress and dist.is_main
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -368,6 +394,20 @@ class Trainer:
             self.averager: Optional[EMA] = ema
         else:
             self.averager = EMA(model, ema) if ema is not None else None
+        # listed once: the per-step path (clipping, EMA, all-reduce) does not walk the module tree
+        self._params: List[Tensor] = list(model.parameters())
+        if self.averager is not None:
+            dist.broadcast_module(self.averager.module)
+            mine = list(self.averager.module.parameters())
+            if len(mine) != len(self._params) or any(a.shape != b.shape for a, b in zip(mine, self._params)):
+                raise ValueError("ema does not average this model's parameters (number or shapes differ)")
+        # the checks the loss makes of every batch (finite x_0, its shape, the model's outputs) are made
+        # on the first step; later steps compute the same numbers without them, when the loss is a
+        # plain WeightedLoss and the batches come from a source that checks its data itself
+        self._inner = denoiser.inner if isinstance(denoiser, CheckedModel) else denoiser
+        self._fast_loss = (type(loss).__call__ is WeightedLoss.__call__
+                           and type(data) in (TensorData, SampledData))
+        self._checked_batches = 0
         self.noise_generator = torch.Generator(device=device)
         self.noise_generator.manual_seed(noise_seed)
         self.step = 0
@@ -445,37 +485,110 @@ class Trainer:
 
     # -- loop -------------------------------------------------------------------------------------
     def train_step(self) -> float:
-        """One optimisation step; returns the batch's mean loss."""
-        self.model.train()
-        # batch (label dropout draws from the noise generator before the loss does)
-        x0, y = self.data.next_batch(self.batch_size)
-        if y is not None and self.label_dropout > 0:
-            drop = torch.rand(y.shape[0], generator=self.noise_generator, device=self.device) < self.label_dropout
-            y = torch.where(drop, torch.full_like(y, -1), y)
-        # loss
-        if self.amp_dtype is not None:
-            with torch.autocast(device_type="cuda", dtype=self.amp_dtype):
-                loss = self.loss(self._denoiser, x0, generator=self.noise_generator, y=y).float().mean()
-        else:
-            loss = self.loss(self._denoiser, x0, generator=self.noise_generator, y=y).mean()
-        if not bool(torch.isfinite(loss)):
-            raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.step}")
+        """One optimisation step; returns the batch's mean loss.
+
+        On ``W`` processes (:mod:`.distributed`) each rank computes the loss of its rows of the
+        global batch (times, noise and label drops drawn for the global batch, so the union is the
+        single-process batch), the gradients of ``(1 / B) sum_i l_i`` are summed over ranks in one
+        all-reduce, and every rank takes the same step: the single-process step to float rounding.
+        """
+        if not self.model.training:
+            self.model.train()
+        value = self._distributed_loss_backward() if self.dist.active else self._loss_backward()
         # optimisation
-        self.optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(self.scaler.scale(loss))
-        if self.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.scaler.is_enabled():
+            if self.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self._params, self.grad_clip, foreach=True)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if self.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self._params, self.grad_clip, foreach=True)
+            self.optimizer.step()
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.step += 1
         # EMA, record
         if self.averager is not None:
-            self.averager.update(self.model, self.step)
-        value = float(loss.detach())
+            self.averager.update_tensors(self._params, self.step)
         self.history.append((self.step, value))
+        return value
+
+    def _batch(self) -> Tuple[Tensor, Optional[Tensor]]:
+        # label dropout draws from the noise generator before the loss does
+        x0, y = self.data.next_batch(self.batch_size)
+        if y is not None and self.label_dropout > 0:
+            drop = torch.rand(y.shape[0], generator=self.noise_generator, device=self.device) < self.label_dropout
+            y = torch.where(drop, torch.full_like(y, -1), y)
+        return x0, y
+
+    def _forward(self, x0: Tensor, y: Optional[Tensor], t: Optional[Tensor] = None,
+                 noise: Optional[Tensor] = None) -> Tensor:
+        """Per-sample losses (float32 under autocast)."""
+        if self.amp_dtype is not None:
+            with torch.autocast(device_type="cuda", dtype=self.amp_dtype):
+                return self._per_sample(x0, y, t, noise).float()
+        return self._per_sample(x0, y, t, noise)
+
+    def _per_sample(self, x0: Tensor, y: Optional[Tensor], t: Optional[Tensor], noise: Optional[Tensor]) -> Tensor:
+        if not self._fast_loss or self._checked_batches == 0:
+            out = self.loss(self._denoiser, x0, generator=self.noise_generator, t=t, noise=noise, y=y)
+            self._checked_batches += 1
+            return out
+        # WeightedLoss.__call__ without its per-batch checks (made on the first batch; the data
+        # source checks every batch's values): the same draws in the same order, the same arithmetic
+        # rho(t) / p(t) err(x_0, t, eps) (+ offset) (docs/math.md I22, I23)
+        loss, g = self.loss, self.noise_generator
+        if t is None:
+            t = loss.sample_t(x0.shape[0], generator=g, device=x0.device)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype, device=x0.device)
+        # loss.factor(t) without its range check: t was drawn from the sampler (I23)
+        sampler = loss.time_sampler
+        fac = (loss.weight.rho(t, sampler) / sampler.density(t)).to(x0.dtype)
+        err = loss.objective(self._inner, NoisyBatch.make(loss.schedule, x0, t, noise.to(x0.dtype), y))
+        offset = loss.objective.offset(x0)
+        return fac * err if offset is None else offset + fac * err
+
+    def _loss_backward(self) -> float:
+        x0, y = self._batch()
+        loss = self._forward(x0, y).mean()
+        value = float(loss.detach())  # one synchronisation per step: the value is the check
+        if not math.isfinite(value):
+            raise FloatingPointError(f"non-finite loss {value} at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(self.scaler.scale(loss))
+        return value
+
+    def _distributed_loss_backward(self) -> float:
+        B, g = self.batch_size, self.noise_generator
+        lo, hi = self.dist.shard(B)
+        x0, y = self.data.next_shard(B, self.dist.rank, self.dist.world_size)
+        # the global batch's draws, in the order one process makes them (label drops, times, noise)
+        if y is not None and self.label_dropout > 0:
+            drop = torch.rand(B, generator=g, device=self.device)[lo:hi] < self.label_dropout
+            y = torch.where(drop, torch.full_like(y, -1), y)
+        t = self.loss.sample_t(B, generator=g, device=self.device)[lo:hi]
+        noise = torch.randn((B,) + tuple(x0.shape[1:]), generator=g, dtype=x0.dtype, device=self.device)[lo:hi]
+        total = self._forward(x0, y, t, noise).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(self.scaler.scale(total / B))
+        trained = [p for p in self._params if p.requires_grad]
+        had = [p.grad is not None for p in trained]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trained]
+        # the loss sum and, per parameter, how many ranks gave it a gradient: in the same all-reduce
+        dtype = grads[0].dtype if grads else total.dtype
+        extra = torch.tensor([0.0] + [float(h) for h in had], dtype=dtype, device=total.device)
+        extra[0] = total.detach()
+        self.dist.all_reduce_sum_([*grads, extra])
+        host = extra.tolist()  # one synchronisation
+        for p, grad, count in zip(trained, grads, host[1:]):
+            # a parameter no rank used keeps no gradient, as on one process (the optimizer skips it)
+            p.grad = grad if count > 0 else None
+        value = float(host[0]) / B
+        if not math.isfinite(value):
+            raise FloatingPointError(f"non-finite loss {value} at step {self.step}")
         return value
 
     def train(self, until: Optional[int] = None) -> History:
@@ -567,16 +680,27 @@ class Trainer:
         """Write :meth:`state_dict` atomically (temporary file + ``os.replace``).
 
         ``path=None`` writes this trainer's ``checkpoint_path``; another existing file is only
-        replaced with ``overwrite=True``.
+        replaced with ``overwrite=True``.  On several processes rank 0 writes (every rank holds
+        the same state) and every rank returns once the file is in place.
         """
-        if self.checkpointer is not None:
-            return self.checkpointer.save(self.state_dict(), path, overwrite=overwrite)
         if path is None:
-            raise ValueError("path must be given when the trainer has no checkpoint_path")
-        target = os.fspath(path)
-        if os.path.exists(target) and not overwrite:
-            raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-        return atomic_save(self.state_dict(), target)
+            if self.checkpointer is None:
+                raise ValueError("path must be given when the trainer has no checkpoint_path")
+            where = self.checkpointer.path
+        else:
+            where = Path(path)
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return where
+        try:
+            if self.checkpointer is not None:
+                return self.checkpointer.save(self.state_dict(), path, overwrite=overwrite)
+            target = os.fspath(where)
+            if os.path.exists(target) and not overwrite:
+                raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
+            return atomic_save(self.state_dict(), target)
+        finally:
+            self.dist.barrier()
 
     def load_checkpoint(self, path: PathLike) -> None:
         """Restore the exact training state saved by :meth:`save_checkpoint`.
@@ -604,6 +728,12 @@ class Trainer:
     def __repr__(self) -> str:
         return (f"Trainer({type(self.model).__name__}, {self.loss!r}, step {self.step}/{self.steps}, "
                 f"batch_size={self.batch_size}, ema={self.averager!r}, checkpointer={self.checkpointer!r})")
+
+
+def _adamw(params: List[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with torch's multi-tensor (``foreach``) update: the per-tensor update's arithmetic, one
+    kernel launch per operation for all tensors (torch picks it on CUDA, not on CPU)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def _param_dtype(model: nn.Module) -> torch.dtype:
