@@ -414,12 +414,15 @@ class ElboVsNll(Experiment):
     def figures(self, r: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
         fig, axes = subplots(1, 3, figsize=(15.5, 4.6))
         labels = [t[0] for t in TRAININGS]
+        # sigma2 trains the same networks as eps: hollow squares, so the eps points stay visible inside them
+        hollow: Dict[str, Any] = {"marker": "s", "mfc": "none", "ms": 6}
+        mk = {lab: (hollow if lab == "sigma2" else {"marker": "o", "ms": 3}) for lab in labels}
         ax = axes[0]
         for i, lab in enumerate(labels):
             for s in sorted({x["seed"] for x in r["rows1"] if x["training"] == lab}):
                 xs = [x for x in r["rows1"] if x["training"] == lab and x["seed"] == s]
-                ax.plot([x["neg_elbo"] for x in xs], [x["nll"] for x in xs], "-o", ms=3, color=f"C{i}", alpha=0.7,
-                        label=lab if s == min(x["seed"] for x in r["rows1"]) else None)
+                ax.plot([x["neg_elbo"] for x in xs], [x["nll"] for x in xs], "-", color=f"C{i}", alpha=0.7,
+                        label=lab if s == min(x["seed"] for x in r["rows1"]) else None, **mk[lab])
         lo = min(x["nll"] for x in r["rows1"])
         hi = max(x["neg_elbo"] for x in r["rows1"])
         ax.plot([lo, hi], [lo, hi], "k:", lw=1, label="NLL = -ELBO")
@@ -438,7 +441,8 @@ class ElboVsNll(Experiment):
                 steps = sorted({x["step"] for x in rows if x["training"] == lab})
                 rel = np.array([[next(x["loss_excess"] / x["bayes_loss"] for x in rows if x["training"] == lab
                                       and x["seed"] == s and x["step"] == st) for st in steps] for s in runs])
-                ax.plot(steps, np.median(rel, 0), ls, marker="o", color=f"C{i}", label=f"{lab}, {d}-D")
+                ax.plot(steps, np.median(rel, 0), ls, color=f"C{i}", label=f"{lab}, {d}-D",
+                        **(hollow if lab == "sigma2" else {"marker": "o"}))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("training step")
@@ -451,8 +455,10 @@ class ElboVsNll(Experiment):
             xs = [x for x in fin2 if x["training"] == lab]
             if xs:
                 ax.errorbar([x["neg_elbo"] for x in xs], [x["nll_iw"] for x in xs], xerr=[x["neg_elbo_se"] for x in xs],
-                            yerr=[x["nll_iw_se"] for x in xs], fmt="o", color=f"C{i}", label=f"{lab}: IW_k")
-                ax.plot([x["neg_elbo"] for x in xs], [x["nll_pf"] for x in xs], "x", color=f"C{i}", label=f"{lab}: ODE")
+                            yerr=[x["nll_iw_se"] for x in xs], fmt="s" if lab == "sigma2" else "o", color=f"C{i}",
+                            mfc="none" if lab == "sigma2" else None, label=f"{lab}: IW_k")
+                ax.plot([x["neg_elbo"] for x in xs], [x["nll_pf"] for x in xs], "+" if lab == "sigma2" else "x",
+                        color=f"C{i}", label=f"{lab}: ODE")
         ax.axhline(r["H2"], color="gray", lw=1, ls="--", label="H(q)")
         ax.set_xlabel("-ELBO (nats, held-out mean)")
         ax.set_ylabel("NLL (nats)")
