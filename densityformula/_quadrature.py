@@ -265,6 +265,32 @@ def allocate(scale: Tensor, total: int, minimum: int = 1) -> Tensor:
     return base
 
 
+CV_FEATURES = ("norm", "quadratic")
+
+
+def cv_feature_count(d: int, features: str, antithetic: bool) -> int:
+    """How many zero-mean control-variate features :func:`_cv_features` gives in ``d`` dimensions."""
+    if features == "norm":
+        return 1
+    return d * (d + 1) // 2 + (0 if antithetic else d)
+
+
+def _cv_features(z: Tensor, d: int, features: str, antithetic: bool) -> Tensor:
+    """Zero-mean functions of ``Z ~ N(0, I_d)``: ``(..., d) -> (...)`` or ``(..., m)``.
+
+    ``"norm"``: ``||Z||^2 - d`` alone (shape ``(...)``).  ``"quadratic"``: every ``Z_i Z_j - delta_ij``
+    (``i <= j``) and, without antithetic pairs (whose pair means cancel odd functions), every ``Z_i``:
+    all of them have mean exactly 0 because each draw is marginally ``N(0, I)`` (Sobol points with
+    a digital shift included), and they capture the integrand exactly wherever the posterior is a
+    single Gaussian (then ``||Z - eps_hat||^2`` is a quadratic polynomial in ``Z``).
+    """
+    if features == "norm":
+        return (z * z).sum(-1) - d
+    iu = torch.triu_indices(d, d, device=z.device)
+    quad = z[..., iu[0]] * z[..., iu[1]] - (iu[0] == iu[1]).to(z.dtype)
+    return quad if antithetic else torch.cat([z, quad], -1)
+
+
 # An integrand: f(node_idx (B,), point_idx (B,), z (B, *shape) float64) -> (B,) float64 values.
 Integrand = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -309,6 +335,7 @@ def _run_stage(
     chunk_size: int,
     progress: bool,
     keep_draws: bool = True,
+    cv_features: str = "norm",
 ) -> Tuple[List[Tensor], List[Tensor]]:
     """Evaluate ``f`` on ``n_sets`` independent noise sets, ``pairs[j]`` draws (or antithetic
     pairs) at node ``j`` for every point.
@@ -368,7 +395,7 @@ def _run_stage(
         for p0 in range(0, P[j], max_draws):  # a node alone larger than a chunk is split
             p1 = min(P[j], p0 + max_draws)
             zb = src.next_block(p1 - p0)  # (S, n, P, d): consecutive Sobol segments, node by node
-            gb = (zb * zb).sum(-1) - d
+            gb = _cv_features(zb, d, cv_features, antithetic)
             if keep_draws:
                 gouts[j].append(gb)
             else:
@@ -407,6 +434,7 @@ def weighted_noise_sum(
     progress: bool = False,
     memory_budget: Optional[int] = None,
     extra_weights: Optional[Tensor] = None,
+    cv_features: str = "norm",
 ) -> NoiseSumResult:
     """Unbiased replicated estimates of ``S(x_i) = sum_j w_j E_Z f_j(x_i, Z)`` for ``n`` points.
 
@@ -426,7 +454,15 @@ def weighted_noise_sum(
 
     ``extra_weights`` ``(K, J)``: further weight vectors whose replicated sums over the same node
     estimates are returned too (``extra_replicates``); the allocation still follows ``weights``.
+
+    ``cv_features="quadratic"``: the control variate is ``c_ij . phi(Z)`` with the ``m`` zero-mean
+    features of :func:`_cv_features` (every ``Z_i Z_j - delta_ij`` and ``Z_i``), ``c_ij`` the
+    least-squares fit on the pilot (a small ridge, ``1e-9`` of the mean feature variance), still
+    exactly unbiased; it needs at least ``m + 2`` pilot draws (pairs) per node, and ``cv_coef`` is
+    then ``(n, J, m)``.  ``"norm"`` (default): ``c_ij (||Z||^2 - d)`` as above.
     """
+    if cv_features not in CV_FEATURES:
+        raise ValueError(f"cv_features must be one of {CV_FEATURES}, got {cv_features!r}")
     J = weights.numel()
     w = weights.to(device=device, dtype=torch.float64)
     k = 2 if antithetic else 1
@@ -452,7 +488,7 @@ def weighted_noise_sum(
                     n_replicates=n_replicates, pilot_pairs=pilot_pairs, noise=noise, antithetic=antithetic,
                     control_variate=control_variate, allocation=allocation, generator=generator, device=device,
                     chunk_size=chunk_size, progress=progress, memory_budget=memory_budget,
-                    extra_weights=extra_weights,
+                    extra_weights=extra_weights, cv_features=cv_features,
                 )
             )
         extras = [p.extra_replicates for p in parts if p.extra_replicates is not None]
@@ -467,6 +503,14 @@ def weighted_noise_sum(
             extra_replicates=None if not extras else torch.cat(extras, 2),
         )
     evals = 0
+    quadratic = cv_features == "quadratic" and control_variate
+    m_feat = cv_feature_count(d, cv_features, antithetic) if quadratic else 1
+    if quadratic and pilot_pairs < m_feat + 2:
+        raise ValueError(
+            f"the quadratic control variate has {m_feat} coefficients per node: it needs n_pilot of at least "
+            f"{m_feat + 2} draws (pairs) per node, got {pilot_pairs}"
+        )
+    cvq = torch.zeros(n, J, m_feat, dtype=torch.float64, device=device)
     cv = torch.zeros(n, J, dtype=torch.float64, device=device)
     sd = torch.ones(J, dtype=torch.float64, device=device)
     pilot_used = pilot_pairs > 0 and (control_variate or allocation == "neyman")
@@ -476,13 +520,23 @@ def weighted_noise_sum(
         fb, gs = _run_stage(
             f, n, shape, torch.full((J,), pilot_pairs, dtype=torch.long), 1, noise=noise, antithetic=antithetic,
             generator=generator, device=device, chunk_size=chunk_size, progress=progress,
+            cv_features="quadratic" if quadratic else "norm",
         )
         evals += J * pilot_pairs * k
         sds = []
         for j in range(J):
             y = fb[j][0]  # (n, P)
-            g = gs[j][0]  # (n, P)
-            if control_variate:
+            g = gs[j][0]  # (n, P), or (n, P, m) for the quadratic features
+            if quadratic:
+                gc = g - g.mean(1, keepdim=True)
+                yc = y - y.mean(1, keepdim=True)
+                A = torch.einsum("npm,npk->nmk", gc, gc)
+                ridge = 1e-9 * torch.diagonal(A, dim1=1, dim2=2).mean(1).clamp_min(1e-300)
+                A = A + ridge[:, None, None] * torch.eye(m_feat, dtype=A.dtype, device=A.device)
+                c = torch.linalg.solve(A, torch.einsum("npm,np->nm", gc, yc)[..., None])[..., 0]  # (n, m)
+                cvq[:, j] = c
+                r = y - (g * c[:, None, :]).sum(-1)
+            elif control_variate:
                 gc = g - g.mean(1, keepdim=True)
                 vg = (gc * gc).sum(1)
                 cov = ((y - y.mean(1, keepdim=True)) * gc).sum(1)
@@ -502,6 +556,7 @@ def weighted_noise_sum(
     fb, gs = _run_stage(
         f, n, shape, alloc, n_replicates, noise=noise, antithetic=antithetic, generator=generator,
         device=device, chunk_size=chunk_size, progress=progress, keep_draws=False,
+        cv_features="quadratic" if quadratic else "norm",
     )
     evals += int(alloc.sum()) * k * n_replicates
     reps = torch.zeros(n_replicates, n, dtype=torch.float64, device=device)
@@ -510,13 +565,17 @@ def weighted_noise_sum(
     for j in range(J):
         P_j = float(alloc[j])
         y = fb[j]  # (R, n): sums over the P_j draws
-        g = gs[j]  # (R, n)
-        est = y / P_j - cv[None, :, j] * (g / P_j)  # (R, n)
+        g = gs[j]  # (R, n), or (R, n, m) for the quadratic features
+        if quadratic:
+            est = y / P_j - (cvq[None, :, j, :] * (g / P_j)).sum(-1)
+        else:
+            est = y / P_j - cv[None, :, j] * (g / P_j)  # (R, n)
         reps += w[j] * est
         node_means[:, j] = est.mean(0)
         if extra is not None and v is not None:
             extra += v[:, j, None, None] * est[None]
     return NoiseSumResult(
-        replicates=reps, node_means=node_means, allocation=alloc, cv_coef=cv, pilot_sd=sd, evals_per_point=evals,
+        replicates=reps, node_means=node_means, allocation=alloc, cv_coef=cvq if quadratic else cv, pilot_sd=sd,
+        evals_per_point=evals,
         info={"d": d}, extra_replicates=extra,
     )
