@@ -40,6 +40,8 @@ from densityformula import schedules, study, targets
 from densityformula.experiment import Claim, Context, Control, Experiment, Outcome, checks, loglog_slope, subplots
 from densityformula.models import AffineDenoiser
 
+from . import _common as C
+
 F64 = torch.float64
 #: part (a): the rates are read off the log-log slope over T >= T_RATE
 T_RATE = 50
@@ -240,14 +242,8 @@ class ElboVsKL(Experiment):
     )
 
     def compute(self, ctx: Context) -> Dict[str, Any]:
-        # thousands of small tensor operations: one thread is 5-10x faster than a contended pool on a
-        # shared CPU (measured: 35 s against 4 min for the quick mode on 2 busy cores); restored after
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with C.one_thread():  # thousands of small tensor operations
             return self._compute(ctx)
-        finally:
-            torch.set_num_threads(threads)
 
     def _compute(self, ctx: Context) -> Dict[str, Any]:
         Ts_a = [5, 10, 20, 50, 100, 200, 400] if ctx.quick else [5, 10, 20, 50, 100, 200, 500, 1000, 2000]

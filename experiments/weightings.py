@@ -34,6 +34,8 @@ from densityformula import schedules, study, targets
 from densityformula.experiment import Claim, Context, Control, Experiment, Outcome, subplots
 from densityformula.training import DenoisingLoss
 
+from . import _common as C
+
 #: the target of experiments/elbo_vs_kl.py part (b)
 Q3 = targets.GaussianMixture([0.3, 0.3, 0.4], [[-2.0], [0.0], [1.5]], [0.1, 0.2, 0.15])
 WEIGHTINGS = ("eps", "elbo", "sigma2", "uniform")
@@ -89,12 +91,8 @@ class Weightings(Experiment):
     )
 
     def compute(self, ctx: Context) -> Dict[str, Any]:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with C.one_thread():  # thousands of small tensor operations
             return self._compute(ctx)
-        finally:
-            torch.set_num_threads(threads)
 
     def _compute(self, ctx: Context) -> Dict[str, Any]:
         T = 20 if ctx.quick else 50
