@@ -12,7 +12,11 @@ from typing import Any, Dict, Iterator, Type
 import numpy as np
 import torch
 
-from densityformula import schedules
+from densityformula import schedules, targets
+
+#: the 1-D target of the central study (elbo_vs_kl part b, elbo_vs_nll, weightings): three components,
+#: outside every family of two
+Q3 = targets.GaussianMixture([0.3, 0.3, 0.4], [[-2.0], [0.0], [1.5]], [0.1, 0.2, 0.15])
 
 # the continuous schedules every schedule-sweep experiment runs over
 SCHEDULES: Dict[str, Type[schedules.Schedule]] = {

@@ -47,7 +47,7 @@ F64 = torch.float64
 T_RATE = 50
 SLOPE_TOL = 0.25
 #: part (b): the target, outside every family of two components
-Q3 = targets.GaussianMixture([0.3, 0.3, 0.4], [[-2.0], [0.0], [1.5]], [0.1, 0.2, 0.15])
+Q3 = C.Q3
 VARIANCES = ("beta", "beta_tilde")
 
 

@@ -41,9 +41,11 @@ from densityformula.likelihood import probability_flow
 from densityformula.neural import MLPDenoiser
 from densityformula.training import DenoisingLoss, Trainer
 
+from . import _common as C
+
 F64 = torch.float64
 #: the 1-D target (part (b)'s): outside every family of two components
-Q1 = targets.GaussianMixture([0.3, 0.3, 0.4], [[-2.0], [0.0], [1.5]], [0.1, 0.2, 0.15])
+Q1 = C.Q3
 #: the 2-D target: three separated, anisotropic components
 Q2 = targets.random_gmm(2, 3, seed=0, separation=4.0)
 #: the trainings compared: (label, weighting, time sampling)

@@ -30,14 +30,14 @@ from typing import Any, Dict, Iterable, List
 import numpy as np
 import torch
 
-from densityformula import schedules, study, targets
+from densityformula import schedules, study
 from densityformula.experiment import Claim, Context, Control, Experiment, Outcome, subplots
 from densityformula.training import DenoisingLoss
 
 from . import _common as C
 
 #: the target of experiments/elbo_vs_kl.py part (b)
-Q3 = targets.GaussianMixture([0.3, 0.3, 0.4], [[-2.0], [0.0], [1.5]], [0.1, 0.2, 0.15])
+Q3 = C.Q3
 WEIGHTINGS = ("eps", "elbo", "sigma2", "uniform")
 SAMPLINGS = ("uniform", "importance", "truncated")
 #: tolerance of the identity's constant across models (nats), on top of the quadrature error estimates
