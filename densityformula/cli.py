@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ._validation import check_seed, resolve_device
 from .experiment import Experiment, discover, exit_code, find_experiments_dir, run_experiments, write_index
@@ -56,9 +56,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     val.add_argument("--experiments-dir", type=Path, default=None)
     val.add_argument("--device", default="cpu")
     val.add_argument("--force", action="store_true")
+    _evaluate_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "validate":
         return _validate(args, argv)
+    if args.command == "evaluate":
+        return _evaluate(args)
 
     try:
         seed = check_seed(args.seed, "--seed")
@@ -104,6 +107,99 @@ def _validate(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> int:
           f"{len(tally['crashed'])} crashes")
     consistent = tally["p_at_least_observed"] >= ALPHA  # failures no more than the level allows
     return 0 if consistent and not tally["n_control_passed"] and not tally["crashed"] else 1
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ev = sub.add_parser("evaluate", help="per-point log-likelihoods of a dataset under a checkpoint, as a CSV")
+    ev.add_argument("--checkpoint", type=Path, required=True, help="a trainer checkpoint")
+    ev.add_argument("--data", default="digits", help="'digits' (default) or a .npy / .csv file of an (n, d) array")
+    ev.add_argument("--estimator", nargs="+", default=["pf_ode"],
+                    help="pf_ode (default), density_formula, continuous, ddpm, iw (several: one row each)")
+    ev.add_argument("--out", type=Path, required=True, help="the CSV to write")
+    ev.add_argument("--option", action="append", default=[], metavar="[ESTIMATOR.]KEY=VALUE",
+                    help="an estimator option, e.g. pf_ode.rtol=1e-6 or trace=hutchinson (repeatable)")
+    ev.add_argument("--schedule", default=None,
+                    help="the model's schedule when the checkpoint does not record it, e.g. "
+                         "'VPLinear(beta_min=0.1, beta_max=20.0)' or vp_linear")
+    ev.add_argument("--weights", default="ema", help="ema (default) or model")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch-size", type=int, default=64, help="points per work item (default 64)")
+    ev.add_argument("--block", type=int, default=16,
+                    help="points per pf_ode call, fixed by global index (default 16; part of the results' key)")
+    ev.add_argument("--limit", type=int, default=None, help="the first LIMIT points only")
+    ev.add_argument("--scale", default="symmetric", help="digits scaling: symmetric (default), unit, counts")
+    ev.add_argument("--no-dequantize", action="store_true", help="digits at the bin centres")
+    ev.add_argument("--data-seed", type=int, default=0, help="seed of the digits' dequantization noise")
+    ev.add_argument("--data-scale", type=float, default=None, help="dy/du of a data file (bits/dim; default 1)")
+    ev.add_argument("--dtype", default="float64", help="float64 (default) or float32")
+    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    ev.add_argument("--force", action="store_true", help="replace an existing --out")
+    ev.add_argument("--keep-parts", action="store_true", help="keep <out>.parts/ after the table is written")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _evaluate_options(pairs: Sequence[str], estimators: Sequence[str]) -> Dict[str, Dict[str, str]]:
+    """``--option [ESTIMATOR.]KEY=VALUE`` as ``{estimator: {key: value}}`` (a bare KEY: every estimator having it)."""
+    from .evaluation import get_estimator
+
+    specs = [get_estimator(e) for e in estimators]
+    out: Dict[str, Dict[str, str]] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--option must be [ESTIMATOR.]KEY=VALUE, got {pair!r}")
+        est, dot, key = name.rpartition(".")
+        targets = [s for s in specs if (s.name == est if dot else key in s.options)]
+        if dot and not targets:
+            raise ValueError(f"--option {pair!r} names estimator {est!r}, which is not among --estimator")
+        if not targets:
+            raise ValueError(f"--option {pair!r}: no estimator among {', '.join(estimators)} has option {key!r}")
+        for s in targets:
+            out.setdefault(s.name, {})[key] = value
+    return out
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .evaluation import evaluate
+
+    dtypes = {"float64": torch.float64, "float32": torch.float32}
+    try:
+        if args.dtype not in dtypes:
+            raise ValueError(f"--dtype must be float64 or float32, got {args.dtype!r}")
+        device = resolve_device(args.device, "--device")
+        if not args.checkpoint.is_file():
+            raise ValueError(f"--checkpoint {args.checkpoint} is not a file")
+        options = _evaluate_options(args.option, args.estimator)
+        result = evaluate(
+            args.checkpoint, args.data, args.estimator, options=options, out=args.out, overwrite=args.force,
+            keep_parts=args.keep_parts, seed=args.seed, batch_size=args.batch_size, block=args.block,
+            dtype=dtypes[args.dtype], device=device, schedule=args.schedule, weights=args.weights, limit=args.limit,
+            scale=args.scale, dequantize=not args.no_dequantize, data_seed=args.data_seed, data_scale=args.data_scale,
+            progress=not args.no_progress,
+        )
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
+        print(f"densityformula evaluate: error: {_evaluate_message(str(err))}", file=sys.stderr)
+        return 2
+    if result.path is not None:
+        print(f"table: {result.path} ({len(result.records)} rows; {result.computed_blocks} estimator calls on rank "
+              f"{result.rank} of {result.world_size}, {result.reused_points} points resumed) in {result.seconds:.1f} s")
+    return 0
+
+
+def _evaluate_message(message: str) -> str:
+    """A library argument error in the command line's words (``batch_size`` -> ``--batch-size``)."""
+    message = message.splitlines()[0] if message else message
+    message = message.replace("pass schedule=", "pass --schedule")
+    message = message.replace("pass overwrite=True (--force)", "pass --force")
+    for arg, flag in (("out", "--out"), ("batch_size", "--batch-size"), ("block", "--block"), ("seed", "--seed"),
+                      ("limit", "--limit"), ("scale", "--scale"), ("weights", "--weights"),
+                      ("schedule", "--schedule"), ("data_scale", "--data-scale"), ("data", "--data"),
+                      ("estimator", "--estimator")):
+        if message.startswith(f"{arg} ") or message.startswith(f"{arg}:"):
+            return flag + message[len(arg):]
+    return message
 
 
 def _experiments(experiments_dir: Optional[Path]) -> List[Experiment]:

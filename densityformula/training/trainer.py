@@ -414,7 +414,7 @@ class Trainer:
         self.history: History = []
         self._config = {
             "model": type(model).__name__, "model_config": _model_config(model), "loss": loss.config(),
-            "valid_log_snr": self.valid_log_snr,
+            "valid_log_snr": self.valid_log_snr, "schedule": repr(loss.schedule),
         }
 
     # -- resume -----------------------------------------------------------------------------------
