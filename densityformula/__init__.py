@@ -2,7 +2,9 @@
 
 ``import densityformula as df`` gives the modules ``df.schedules``, ``df.targets``,
 ``df.models``, ``df.parameterization``, ``df.neural``, ``df.training``, ``df.data``,
-``df.sampling``, ``df.elbo``, ``df.likelihood``, ``df.formula``; the estimators
+``df.sampling``, ``df.elbo``, ``df.likelihood``, ``df.formula``, ``df.study`` (the central study),
+``df.implications`` (Li & Yan's sections 4.2-4.4) and ``df.evaluation`` (per-point likelihood
+tables across processes); the estimators
 ``df.density_formula`` and ``df.density_formula_discrete`` (Li & Yan's density formula,
 docs/math.md I5-I7, in :mod:`densityformula.formula`); ``df.bits_per_dim``; and the
 :class:`Estimate` every estimator returns.
@@ -17,7 +19,11 @@ from .formula import density_formula, density_formula_discrete
 # the formula module's old path: ``from densityformula.density_formula import density_formula`` keeps
 # working, while the attribute ``densityformula.density_formula`` is the function, not a module
 sys.modules[__name__ + ".density_formula"] = formula
-from . import study  # noqa: E402 - the central study (docs/math.md section 12), last: it uses the rest
+from . import (  # noqa: E402 - built on everything above
+    evaluation,
+    implications,
+    study,  # noqa: E402 - the central study (docs/math.md section 12), last: it uses the rest
+)
 
 __version__ = "0.1.0"
 
@@ -39,4 +45,6 @@ __all__ = [
     "bits_per_dim",
     "__version__",
     "study",
+    "implications",
+    "evaluation",
 ]
