@@ -113,8 +113,9 @@ def _evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     ev = sub.add_parser("evaluate", help="per-point log-likelihoods of a dataset under a checkpoint, as a CSV")
     ev.add_argument("--checkpoint", type=Path, required=True, help="a trainer checkpoint")
     ev.add_argument("--data", default="digits", help="'digits' (default) or a .npy / .csv file of an (n, d) array")
-    ev.add_argument("--estimator", nargs="+", default=["pf_ode"],
-                    help="pf_ode (default), density_formula, continuous, ddpm, iw (several: one row each)")
+    ev.add_argument("--estimator", nargs="+", action="extend", default=None,
+                    help="pf_ode (default), density_formula, continuous, ddpm, iw (several, or the flag "
+                         "repeated: one row each)")
     ev.add_argument("--out", type=Path, required=True, help="the CSV to write")
     ev.add_argument("--option", action="append", default=[], metavar="[ESTIMATOR.]KEY=VALUE",
                     help="an estimator option, e.g. pf_ode.rtol=1e-6 or trace=hutchinson (repeatable)")
@@ -171,6 +172,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         device = resolve_device(args.device, "--device")
         if not args.checkpoint.is_file():
             raise ValueError(f"--checkpoint {args.checkpoint} is not a file")
+        if not args.estimator:
+            args.estimator = ["pf_ode"]
         options = _evaluate_options(args.option, args.estimator)
         result = evaluate(
             args.checkpoint, args.data, args.estimator, options=options, out=args.out, overwrite=args.force,

@@ -74,6 +74,13 @@ def test_cli_writes_the_library_table(checkpoint: Path, tmp_path: Path, capsys: 
     assert {r["block"] for r in rows} == {"4", "1"} and {r["dtype"] for r in rows} == {"float64"}
     assert '"trace":"hutchinson"' in rows[0]["options"] and '"steps":10' in rows[-1]["options"]
     assert "sha256:" in rows[0]["model"] and '"name":"digits"' in rows[0]["data"]
+    # the flag repeated is the same as one flag with several names (argparse's plain nargs="+" kept the last)
+    again = tmp_path / "again.csv"
+    argv2 = [a if a != str(out) else str(again) for a in argv]
+    i = argv2.index("ddpm")
+    argv2[i:i + 1] = ["--estimator", "ddpm"]
+    assert cli.main(argv2) == 0
+    assert _no_seconds(_read(again)) == _no_seconds(rows)
 
 
 @pytest.mark.parametrize("extra,message", [
