@@ -1080,6 +1080,166 @@ def e_load_digits(draw: Draw) -> Cases:
         "device": device_mutations(), "generator": {"type": [("int", 3, False)]}})
 
 
+
+# -- the exact 1-D chain laws (I39-I42) -----------------------------------------------------------
+_G1 = torch.linspace(-6.0, 6.0, 601, dtype=F64)
+
+
+def _normal_log(grid: torch.Tensor, m: float, v: float) -> torch.Tensor:
+    return -0.5 * (grid - m) ** 2 / v - 0.5 * math.log(2 * math.pi * v)
+
+
+def _grid_muts() -> Dict[str, List[Tuple[str, Any, bool]]]:
+    nonuni = _G1.clone()
+    nonuni[5] += 0.003
+    nan = _G1.clone()
+    nan[3] = float("nan")
+    return {"shape": [("two-points", _G1[:2], False), ("2-d", _G1[:, None], False)],
+            "range": [("non-uniform", nonuni, False), ("decreasing", _G1.flip(0), False)],
+            "nonfinite": [("nan", nan, False)], "type": [("list", _G1.tolist(), False)],
+            "dtype": [("int64", torch.arange(601), False)]}
+
+
+def e_grid_kl(draw: Draw) -> Cases:
+    m, v = draw(floats(-0.5, 0.5)), draw(floats(0.3, 1.0))
+    wide = torch.linspace(-10.0, 10.0, 1001, dtype=F64)  # tails beyond +-10 negligible; the rule is spectral
+    lp, lq = _normal_log(wide, m, v), _normal_log(wide, 0.0, 1.0)
+    exact = 0.5 * (v + m**2 - 1.0 - math.log(v))
+
+    def call(log_p: Any, log_q: Any, grid: Any) -> Any:
+        return likelihood.grid_kl(log_p, log_q, grid)
+
+    def check(out: Any) -> Optional[str]:
+        return None if abs(out[0] - exact) < 1e-8 else f"KL {out[0]:.6g} != {exact:.6g}"
+
+    nan = lp.clone()
+    nan[10] = float("nan")
+    ninf = lq.clone()
+    ninf[500] = -math.inf
+    return _cases(call, {"log_p": lp, "log_q": lq, "grid": wide}, {
+        "log_p": {"shape": [("short", lp[:-1], False)], "nonfinite": [("nan", nan, False)],
+                  "type": [("list", lp.tolist(), False)]},
+        "log_q": {"range": [("-inf-where-p>0", ninf, False)], "shape": [("2-d", lq[:, None], False)]},
+        "grid": _grid_muts(),
+    }, check=check)
+
+
+def e_gaussian_step_1d(draw: Draw) -> Cases:
+    a, var = draw(floats(0.5, 1.2)), draw(floats(0.05, 0.5))
+    p = torch.exp(_normal_log(_G1, 0.3, 0.4))
+
+    def call(grid: Any, density: Any, mean: Any, var: Any, weights: Any = None) -> Any:
+        return likelihood.gaussian_step_1d(grid, density, mean, var, weights)
+
+    def check(out: Any) -> Optional[str]:  # y = a x + N(0, var): N(0.3 a, a^2 0.4 + var)
+        truth = torch.exp(_normal_log(_G1, 0.3 * a, a * a * 0.4 + var))
+        return _close(out, truth, 1e-7)
+
+    bad_mean = (a * _G1).clone()
+    bad_mean[7] = float("inf")
+    return _cases(call, {"grid": _G1, "density": p, "mean": a * _G1, "var": var}, {
+        "var": merge(posfloat_mutations(var), {"range": [("below-grid-step", 1e-6, False)]}),
+        "density": {"shape": [("short", p[:-1], False)]},
+        "mean": {"nonfinite": [("inf", bad_mean, False)], "shape": [("short", (a * _G1)[:-2], False)],
+                 "type": [("list", [0.0], False)]},
+        "weights": {"range": [("not-summing-to-1", Both(mean=torch.stack([_G1, _G1]),
+                                                        weights=torch.tensor([0.7, 0.7], dtype=F64)), False)]},
+    }, check=check)
+
+
+def _gauss_model(schedule: Optional[S.Schedule] = None) -> models.AnalyticModel:
+    return models.AnalyticModel(T.GaussianMixture([1.0], [[0.5]], [0.25]), schedule or S.VPLinear())
+
+
+def e_pc_density_1d(draw: Draw) -> Cases:
+    model = _gauss_model()
+    snr = draw(floats(0.05, 0.2))
+    times = sampling.time_grid(model, 40)
+
+    def call(model: Any, times: Any = times, grid: Any = _G1, snr: Any = snr, corrector_steps: Any = 1,
+             predictor: Any = "reverse_diffusion") -> Any:
+        return likelihood.pc_density_1d(model, times, grid=grid, snr=snr, corrector_steps=corrector_steps,
+                                        predictor=predictor)
+
+    def check(out: Any) -> Optional[str]:  # N(0.5, 0.25) up to discretization and the Langevin bias (I40)
+        m, v = out.moments()
+        return None if abs(m - 0.5) < 0.05 and abs(v / 0.25 - 1) < 0.15 else f"moments {m:.3g}, {v:.3g}"
+
+    return _cases(call, {"model": model, "times": times, "grid": _G1, "snr": snr, "corrector_steps": 1,
+                         "predictor": "reverse_diffusion"}, {
+        "snr": posfloat_mutations(snr),
+        "corrector_steps": {"range": [("negative", -1, False)], "type": [("float", 1.5, False), ("str", "1", False)]},
+        "predictor": {"range": [("unknown", "heun", False)]},
+        "times": {"range": [("increasing", times.flip(0), False)], "shape": [("one", times[:1], False)]},
+        "grid": _grid_muts(),
+    }, model_arg="model", models_bad=faulty_models(1, S.VPLinear()), check=check)
+
+
+def e_langevin_stationary_1d(draw: Draw) -> Cases:
+    model = _gauss_model()
+    snr = draw(floats(0.05, 0.3))
+    t = 0.3
+
+    def call(model: Any, t: Any = t, grid: Any = _G1, snr: Any = snr, alpha: Any = 1.0) -> Any:
+        return likelihood.langevin_stationary_1d(model, t, grid=grid, snr=snr, alpha=alpha)[0]
+
+    v_t = 0.25 * float(model.schedule.alpha2(torch.tensor(t, dtype=F64))) + float(
+        model.schedule.sigma2(torch.tensor(t, dtype=F64)))
+
+    def check(out: Any) -> Optional[str]:  # I40: V / v - 1 = alpha snr^2
+        _, v = out.moments()
+        return None if abs((v / v_t - 1) - snr**2) < 1e-3 else f"excess {v / v_t - 1:.4g} != snr^2 {snr**2:.4g}"
+
+    return _cases(call, {"model": model, "t": t, "grid": _G1, "snr": snr, "alpha": 1.0}, {
+        "snr": posfloat_mutations(snr), "alpha": posfloat_mutations(1.0), "grid": _grid_muts(),
+    }, model_arg="model", models_bad=faulty_models(1, S.VPLinear()), check=check)
+
+
+def e_replacement_density_1d(draw: Draw) -> Cases:
+    # independent coordinates: the unknown one's chain is the plain 1-D sampler of N(0.5, 0.25)
+    g2 = T.GaussianMixture([1.0], [[0.0, 0.5]], [[0.3, 0.25]])
+    model = models.AnalyticModel(g2, S.VPLinear())
+    times = sampling.time_grid(model, draw(ints(180, 240)))  # 45 steps: 14% variance error
+    value = draw(floats(-1.0, 1.0))
+
+    def call(model: Any, times: Any = times, known: Any = 0, value: Any = value, grid: Any = _G1,
+             nodes: Any = 8) -> Any:
+        return likelihood.replacement_density_1d(model, times, known=known, value=value, grid=grid, nodes=nodes)
+
+    def check(out: Any) -> Optional[str]:
+        m, v = out.moments()
+        return None if abs(m - 0.5) < 0.02 and abs(v / 0.25 - 1) < 0.06 else f"moments {m:.3g}, {v:.3g}"
+
+    return _cases(call, {"model": model, "times": times, "known": 0, "value": value, "grid": _G1, "nodes": 8}, {
+        "known": {"range": [("two", 2, False)]},
+        "value": {"nonfinite": [("nan", float("nan"), False)]},
+        "nodes": merge(int_mutations(8, 2)),
+        "times": {"range": [("increasing", times.flip(0), False)]},
+        "grid": _grid_muts(),
+    }, model_arg="model", models_bad=faulty_models(2, S.VPLinear()), check=check)
+
+
+def e_girsanov_1d(draw: Draw) -> Cases:
+    sch = S.Discrete.ddpm_linear(40)
+    target = T.GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [[0.3], [0.3]])
+    ref = models.AnalyticModel(target, sch)
+    grid = torch.linspace(-5.0, 5.0, 401, dtype=F64)
+
+    def call(model: Any, reference: Any = ref, grid: Any = grid, target: Any = target, sampler: Any = "ddpm") -> Any:
+        return likelihood.girsanov_1d(model, reference, grid=grid, target=target, sampler=sampler)
+
+    def check(out: Any) -> Optional[str]:  # the model is the reference: path KL 0, output KL 0
+        return None if abs(out.bound) < 1e-12 and abs(out.kl) < 1e-9 else f"bound {out.bound:.3g}, kl {out.kl:.3g}"
+
+    two_d = T.GaussianMixture([1.0], [[0.0, 0.0]], [[1.0, 1.0]])
+    return _cases(call, {"model": ref, "reference": ref, "grid": grid, "target": target, "sampler": "ddpm"}, {
+        "reference": {"type": [("str", "ref", False)],
+                      "range": [("other-steps", models.AnalyticModel(target, S.Discrete.ddpm_linear(60)), False)]},
+        "target": {"type": [("str", "q", False)], "shape": [("2-d", two_d, False)]},
+        "sampler": {"range": [("unknown", "heun", False)]},
+    }, model_arg="model", models_bad=faulty_models(1, sch), check=check)
+
+
 ENTRY_POINTS: Dict[str, Callable[[Draw], Cases]] = {
     "schedules.methods": e_schedule_methods,
     "schedules.t_from_log_snr": e_schedule_t_from_log_snr,
@@ -1105,6 +1265,12 @@ ENTRY_POINTS: Dict[str, Callable[[Draw], Cases]] = {
     "likelihood.probability_flow.trajectory": e_likelihood_pf_trajectory,
     "likelihood.sampler_density_1d": e_sampler_density_1d,
     "likelihood.gaussian_sampler": e_gaussian_sampler,
+    "likelihood.grid_kl": e_grid_kl,
+    "likelihood.gaussian_step_1d": e_gaussian_step_1d,
+    "likelihood.pc_density_1d": e_pc_density_1d,
+    "likelihood.langevin_stationary_1d": e_langevin_stationary_1d,
+    "likelihood.replacement_density_1d": e_replacement_density_1d,
+    "likelihood.girsanov_1d": e_girsanov_1d,
     **{f"sampling.{k}": _sampler_entry(k) for k in SAMPLER_FNS},
     "sampling.energy": e_energy_distance,
     "sampling.ks_test": e_ks_test,
@@ -1216,7 +1382,9 @@ FUZZED = {
     "formula.density_formula", "formula.density_formula_discrete",
     "elbo.ddpm", "elbo.ddpm_objective", "elbo.importance_weighted", "elbo.continuous", "elbo.kl_de_bruijn",
     "likelihood.probability_flow", "likelihood.sampler_density_1d", "likelihood.SamplerDensity1D",
-    "likelihood.gaussian_sampler", "likelihood.GaussianSamplerLaw",
+    "likelihood.gaussian_sampler", "likelihood.GaussianSamplerLaw", "likelihood.grid_kl", "likelihood.gaussian_step_1d",
+    "likelihood.pc_density_1d", "likelihood.ChainDensity1D", "likelihood.langevin_stationary_1d",
+    "likelihood.replacement_density_1d", "likelihood.girsanov_1d", "likelihood.GirsanovBound1D",
     "sampling.ddpm", "sampling.ddim", "sampling.euler_maruyama", "sampling.reverse_diffusion",
     "sampling.predictor_corrector", "sampling.probability_flow", "sampling.energy_distance", "sampling.energy_test",
     "sampling.EnergyTest", "sampling.ks_test", "training.DenoisingLoss", "training.WeightedLoss", "training.Trainer",

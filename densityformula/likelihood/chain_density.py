@@ -90,7 +90,7 @@ def gaussian_step_1d(
     var = check_positive_float(var, "var")
     if math.sqrt(var) < h * (1.0 - 1e-9):
         raise ValueError(
-            f"the step's standard deviation {math.sqrt(var):.3g} is below the grid step {h:.3g}: use a finer grid"
+            f"var: the step's standard deviation {math.sqrt(var):.3g} is below the grid step {h:.3g}: use a finer grid"
         )
     v1 = min(var, 4.0 * h * h)
     v2 = var - v1
