@@ -3,7 +3,8 @@
 ``import densityformula as df`` gives the modules ``df.schedules``, ``df.targets``,
 ``df.models``, ``df.parameterization``, ``df.neural``, ``df.training``, ``df.data``,
 ``df.sampling``, ``df.elbo``, ``df.likelihood``, ``df.formula``, ``df.study`` (the central study),
-``df.implications`` (Li & Yan's sections 4.2-4.4) and ``df.evaluation`` (per-point likelihood
+``df.implications`` (Li & Yan's sections 4.2-4.4), ``df.consistency`` (consistency models),
+``df.finetune`` (RL fine-tuning, reward tilts) and ``df.evaluation`` (per-point likelihood
 tables across processes); the estimators
 ``df.density_formula`` and ``df.density_formula_discrete`` (Li & Yan's density formula,
 docs/math.md I5-I7, in :mod:`densityformula.formula`); ``df.bits_per_dim``; and the
@@ -19,10 +20,12 @@ from .formula import density_formula, density_formula_discrete
 # the formula module's old path: ``from densityformula.density_formula import density_formula`` keeps
 # working, while the attribute ``densityformula.density_formula`` is the function, not a module
 sys.modules[__name__ + ".density_formula"] = formula
-from . import (  # noqa: E402 - built on everything above
+from . import (  # noqa: E402 - built on everything above: the central study (docs/math.md section 12) and the rest
+    consistency,
     evaluation,
+    finetune,
     implications,
-    study,  # noqa: E402 - the central study (docs/math.md section 12), last: it uses the rest
+    study,
 )
 
 __version__ = "0.1.0"
@@ -47,4 +50,6 @@ __all__ = [
     "study",
     "implications",
     "evaluation",
+    "consistency",
+    "finetune",
 ]

@@ -39,6 +39,16 @@ from .losses import (
     denoising_loss,
     sigmoid_log_snr,
 )
+from .score_matching import (
+    PROBE_KINDS,
+    DenoisingScoreMatching,
+    ExplicitScoreMatching,
+    ImplicitScoreMatching,
+    SlicedScoreMatching,
+    draw_probes,
+    score_and_divergence,
+    score_and_hutchinson,
+)
 from .time_sampling import (
     LogisticLogSNR,
     LogisticSteps,
@@ -86,6 +96,15 @@ __all__ = [
     "ELBOLoss",
     "WeightedLoss",
     "sigmoid_log_snr",
+    # score matching on q_t (docs/math.md I43)
+    "PROBE_KINDS",
+    "DenoisingScoreMatching",
+    "ExplicitScoreMatching",
+    "ImplicitScoreMatching",
+    "SlicedScoreMatching",
+    "draw_probes",
+    "score_and_divergence",
+    "score_and_hutchinson",
     # data, EMA, checkpoints, trainer
     "DataSource",
     "TensorData",
