@@ -21,8 +21,10 @@ generator's entropy ``H(p_G)``, and sample plots.
 The reading that holds: the identity is exact (its value and gradient), so the regularizer pulls
 samples up the data log-density: (c) ends with a cross-entropy below the target's own entropy.  Where
 it does not: the cross-entropy is not a divergence -- it is minimised by point masses on the modes --
-so the regularizer alone collapses (low entropy, few modes, large KL), and added to the GAN it trades
-coverage for on-mode mass rather than curing mode collapse.
+so the regularizer alone collapses (low entropy, few modes, large KL), and added to the GAN it does not
+cure mode dropping (never more modes covered).  Whether GAN + regularizer ends with a lower cross-entropy
+or KL than the plain GAN depends on the training seed in quick mode (it does at seed 0, not at seeds 1, 3
+and 4), so that comparison is reported, not claimed.
 """
 from __future__ import annotations
 
@@ -254,29 +256,10 @@ class GanRegularization(Experiment):
             """Upper confidence bounds of ``low[key] - high[key]``, seed by seed (independent samples)."""
             return [u[key] - v[key] + crit * math.hypot(u[key + "_se"], v[key + "_se"]) for u, v in zip(low, high)]
 
-        yield Claim(
-            "GAN + regularizer: lower cross-entropy than the plain GAN",
-            "at every training seed E_G[-log q] of (b) is below that of (a) (upper confidence bound of the "
-            "difference < 0)",
-            checks.below(ucb("ce", b, a), 0.0, unit="nats", label="max upper bound of CE(b) - CE(a)"),
-            Control("cross-entropy of (b) raised", 2.0, "nats"),
-        )
-        yield Claim(
-            "GAN + regularizer: lower KL(p_G || q) than the plain GAN",
-            "at every training seed the exact-density Monte Carlo KL of (b) is below that of (a)",
-            checks.below(ucb("kl", b, a), 0.0, unit="nats", label="max upper bound of KL(b) - KL(a)"),
-            Control("KL of (b) raised", 2.0, "nats"),
-        )
-        n_eval = r["cfg"]["n_eval"]
-        on_ucb = [u["on_mode"] - v["on_mode"] + crit * math.sqrt(
-            (u["on_mode"] * (1 - u["on_mode"]) + v["on_mode"] * (1 - v["on_mode"])) / n_eval) for u, v in zip(a, b)]
-        yield Claim(
-            "GAN + regularizer: more mass on the modes than the plain GAN",
-            "at every training seed the fraction of samples within 3 sd of a mode is larger for (b) than for (a) "
-            "(binomial upper confidence bound of (a) - (b) < 0)",
-            checks.below(on_ucb, 0.0, label="max upper bound of on-mode(a) - on-mode(b)"),
-            Control("on-mode fraction of (b) lowered", 0.3, "fraction of samples"),
-        )
+        # Not claimed: that (b) has a lower cross-entropy, a lower KL or more on-mode mass than (a).  At seed 0
+        # it does, but `make validate` (quick, seeds 0-4, 2026-12-02) found the opposite at seeds 1, 3 and 4:
+        # with one short training run per method the comparison depends on the seed.  The numbers are in
+        # methods.csv and the notes.
         yield Claim(
             "GAN + regularizer: no more modes covered than the plain GAN",
             f"at every training seed (b) covers at most as many of the {K_MODES} modes (share >= {MIN_SHARE:.3g}) as "
@@ -328,6 +311,8 @@ class GanRegularization(Experiment):
                        + "; KL " + ", ".join(C.fmt(x["kl"], x["kl_se"]) for x in xs)
                        + "; coverage " + ", ".join(f"{x['coverage']:.3g}" for x in xs)
                        + "; on-mode " + ", ".join(f"{x['on_mode']:.3g}" for x in xs) + ".")
+        out.append("Reported, not claimed: (b) against (a) in cross-entropy, KL and on-mode mass depends on the "
+                   "training seed in quick mode (lower at seed 0, higher at seeds 1, 3 and 4 by `make validate`).")
         return out
 
     def figures(self, r: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
