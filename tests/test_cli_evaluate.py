@@ -12,9 +12,7 @@ import math
 import os
 import re
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -134,29 +132,18 @@ def test_a_checkpoint_without_its_schedule_needs_schedule(checkpoint: Path, tmp_
 
 
 def test_killed_evaluation_resumes_without_recomputing_finished_shards(checkpoint: Path, tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture) -> None:
+                                                                       capsys: pytest.CaptureFixture,
+                                                                       kill_when: Any) -> None:
     n, block = 32, 2
     out = tmp_path / "t.csv"
     common = ["evaluate", "--checkpoint", str(checkpoint), "--schedule", SCHEDULE, "--limit", str(n),
               "--block", str(block), "--batch-size", str(block), "--option", "trace=hutchinson",
               "--option", "n_probes=2", "--no-progress"]
-    log = (tmp_path / "killed.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "densityformula.cli", *common, "--out", str(out)], cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT)
     parts = tmp_path / "t.csv.parts"
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(parts.rglob("part-*.json"))) < 2:
-            assert proc.poll() is None, (tmp_path / "killed.log").read_text()
-            assert time.monotonic() < deadline, "the evaluation never wrote two parts"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        log.close()
-    assert proc.returncode == -signal.SIGKILL
+    rc = kill_when([sys.executable, "-m", "densityformula.cli", *common, "--out", str(out)],
+                   lambda: len(list(parts.rglob("part-*.json"))) >= 2, log=tmp_path / "killed.log", cwd=REPO,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, what="the evaluation never wrote two parts")
+    assert rc == -signal.SIGKILL
     assert not out.exists()  # no table from a killed run
     finished = len(list(parts.rglob("part-*.json")))
     assert 2 <= finished < n // block

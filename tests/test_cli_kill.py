@@ -14,9 +14,7 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -102,7 +100,7 @@ def _version(out: Path, name: str) -> str:
 
 
 @pytest.fixture
-def killed_force(tmp_path, monkeypatch):
+def killed_force(tmp_path, monkeypatch, kill_when):
     """Results of version 1 in ``out``; then ``--force`` with version 2, SIGKILLed during ``b``."""
     exp = _experiments(tmp_path)
     version = tmp_path / "version.txt"
@@ -115,24 +113,10 @@ def killed_force(tmp_path, monkeypatch):
     version.write_text("2")
     started = tmp_path / "b-started"
     env = {**os.environ, "DF_TEST_STARTED_FILE": str(started), "OMP_NUM_THREADS": "1"}
-    log = (tmp_path / "killed.log").open("w")
-    proc = subprocess.Popen(
-        [*COMMAND, "reproduce", "--force", "--experiments-dir", str(exp), "--out", str(out)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not started.exists():
-            assert proc.poll() is None, (tmp_path / "killed.log").read_text()
-            assert time.monotonic() < deadline, "experiment b never started"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        log.close()
-    assert proc.returncode == -signal.SIGKILL
+    rc = kill_when([*COMMAND, "reproduce", "--force", "--experiments-dir", str(exp), "--out", str(out)],
+                   started.exists, log=tmp_path / "killed.log", cwd=REPO, env=env, poll=0.05,
+                   what="experiment b never started")
+    assert rc == -signal.SIGKILL
     return exp, out, old
 
 
