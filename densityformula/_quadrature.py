@@ -161,6 +161,45 @@ def bits_to_normal(bits: Tensor) -> Tensor:
     return math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)
 
 
+def check_proposal(proposal: object, name: str = "proposal") -> Optional[Tuple[float, float]]:
+    """``proposal`` as ``(tau, gamma)`` floats with ``tau > 1`` and ``gamma > 0`` (both finite), or ``None``."""
+    if proposal is None:
+        return None
+    if isinstance(proposal, (str, bytes)) or not isinstance(proposal, (tuple, list)) or len(proposal) != 2:
+        raise TypeError(f"{name} must be None, 'auto' or a pair (tau, gamma), got {proposal!r}")
+    try:
+        tau, gamma = float(proposal[0]), float(proposal[1])
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be None, 'auto' or a pair of floats (tau, gamma), got {proposal!r}") from exc
+    if not (math.isfinite(tau) and tau > 1.0) or not (math.isfinite(gamma) and gamma > 0.0):
+        raise ValueError(f"{name} = (tau, gamma) needs finite tau > 1 and gamma > 0, got {proposal!r}")
+    return tau, gamma
+
+
+def tail_transform(z: Tensor, proposal: Tuple[float, float]) -> Tuple[Tensor, Tensor]:
+    """Importance sampling of ``N(0, I_d)`` with heavier tails, by a change of variables: ``(y, log w)``.
+
+    Every coordinate is mapped by the odd, increasing ``h(z) = z sqrt((1 + tau^2 gamma z^2) / (1 + gamma z^2))``
+    (``h(z) ~ z`` for ``|z| << gamma^-1/2``, ``~ tau z`` beyond), and
+    ``log w(z) = sum_i [log h'(z_i) - (h(z_i)^2 - z_i^2) / 2]``, so that for ``Z ~ N(0, I)``
+    ``E[w(Z) g(h(Z))] = E[g(Z)]`` for every ``g`` (substitute ``y = h(z)``: ``w = phi(h(z)) h'(z) / phi(z)``).
+    Exact for any ``(tau, gamma)``: ``y`` has the density ``phi(z) / h'(z)``, whose tails are those of
+    ``N(0, tau^2)``.  Applied to scrambled Sobol normals it keeps their net structure (a smooth
+    monotone map of each coordinate, like the normal quantile itself).  ``w`` is even in ``z``,
+    so an antithetic pair ``(Z, -Z)`` shares its weight.  ``(..., d) -> (..., d), (...)``.
+    """
+    tau, gamma = proposal
+    a = (tau * tau - 1.0) * gamma
+    z2 = z * z
+    den = 1.0 + gamma * z2
+    r = 1.0 + a * z2 / den  # (1 + tau^2 gamma z^2) / (1 + gamma z^2)
+    y = z * torch.sqrt(r)
+    # h' = sqrt(r) + z^2 a / (den^2 sqrt(r)) = (r + a z^2 / den^2) / sqrt(r)
+    log_hp = torch.log(r + a * z2 / (den * den)) - 0.5 * torch.log(r)
+    log_w = (log_hp - 0.5 * z2 * (r - 1.0)).sum(-1)
+    return y, log_w
+
+
 def normal_draws(
     n: int,
     d: int,
@@ -268,11 +307,12 @@ def allocate(scale: Tensor, total: int, minimum: int = 1) -> Tensor:
 CV_FEATURES = ("norm", "quadratic")
 
 
-def cv_feature_count(d: int, features: str, antithetic: bool) -> int:
-    """How many zero-mean control-variate features :func:`_cv_features` gives in ``d`` dimensions."""
+def cv_feature_count(d: int, features: str, antithetic: bool, proposal: bool = False) -> int:
+    """How many zero-mean control-variate features :func:`_cv_features` gives in ``d`` dimensions
+    (one more, ``w - 1``, with an importance ``proposal``)."""
     if features == "norm":
         return 1
-    return d * (d + 1) // 2 + (0 if antithetic else d)
+    return d * (d + 1) // 2 + (0 if antithetic else d) + (1 if proposal else 0)
 
 
 def _cv_features(z: Tensor, d: int, features: str, antithetic: bool) -> Tensor:
@@ -336,9 +376,19 @@ def _run_stage(
     progress: bool,
     keep_draws: bool = True,
     cv_features: str = "norm",
+    proposal: Optional[Tuple[float, float]] = None,
+    moments: Optional[Dict[int, Dict[str, Tensor]]] = None,
 ) -> Tuple[List[Tensor], List[Tensor]]:
     """Evaluate ``f`` on ``n_sets`` independent noise sets, ``pairs[j]`` draws (or antithetic
     pairs) at node ``j`` for every point.
+
+    With an importance ``proposal`` the draws come from it and both the values and the features
+    are multiplied by the weight ``w = phi / q`` of the draw (the same for ``Z`` and ``-Z``), and
+    ``w - 1`` (mean 0 under ``q``) is the first feature: ``E_q[w f] = E_phi[f]``.
+
+    ``moments`` (a dict, filled in; with ``keep_draws=False`` and vector features): per node ``j``,
+    ``moments[j]["gg"]`` ``(S, n, m, m)`` and ``moments[j]["gf"]`` ``(S, n, m)``, the sums over the draws
+    of ``g g^T`` and ``g fbar``, for the cross-fitted control variate of :func:`weighted_noise_sum`.
 
     Returns per node ``fbar`` ``(S, n, P_j)`` (antithetic pair means) and ``g = ||Z||^2 - d``
     ``(S, n, P_j)``; with ``keep_draws=False`` their sums over the draws instead, ``(S, n)``
@@ -351,7 +401,7 @@ def _run_stage(
     k = 2 if antithetic else 1
     outputs: Dict[int, List[Tensor]] = {j: [] for j in range(J)}
     gouts: Dict[int, List[Tensor]] = {j: [] for j in range(J)}
-    pending: List[Tuple[int, Tensor]] = []
+    pending: List[Tuple[int, Tensor, Optional[Tensor], Optional[Tensor]]] = []
     pending_rows = 0
 
     def flush() -> None:
@@ -359,7 +409,7 @@ def _run_stage(
         if not pending:
             return
         node_idx, point_idx, zrows, sizes = [], [], [], []
-        for j, zb in pending:  # zb: (S, n, P, d) -> rows ordered (point, set, pair, sign)
+        for j, zb, _, _ in pending:  # zb: (S, n, P, d) -> rows ordered (point, set, pair, sign)
             S, _, Pb, _ = zb.shape
             zz = torch.stack([zb, -zb], 3) if antithetic else zb[:, :, :, None]  # (S, n, P, k, d)
             m = S * Pb * k
@@ -374,9 +424,14 @@ def _run_stage(
         if not bool(torch.isfinite(vals).all()):
             raise ValueError("the integrand is not finite (NaN or inf from the model, or an overflow in it)")
         pos = 0
-        for j, S, Pb in sizes:
+        for (j, S, Pb), (_, _, wb, gk) in zip(sizes, pending):
             m = n * S * Pb * k
             block = vals[pos : pos + m].reshape(n, S, Pb, k).mean(-1).permute(1, 0, 2)  # (S, n, P)
+            if wb is not None:
+                block = block * wb
+            if moments is not None and gk is not None:
+                gf = torch.einsum("snp,snpm->snm", block, gk)
+                moments[j]["gf"] = moments[j]["gf"] + gf if "gf" in moments[j] else gf
             if keep_draws:
                 outputs[j].append(block)
             else:
@@ -395,15 +450,27 @@ def _run_stage(
         for p0 in range(0, P[j], max_draws):  # a node alone larger than a chunk is split
             p1 = min(P[j], p0 + max_draws)
             zb = src.next_block(p1 - p0)  # (S, n, P, d): consecutive Sobol segments, node by node
+            wb = None
+            if proposal is not None:  # the draws of the heavier-tailed proposal and their weights
+                zb, log_w = tail_transform(zb, proposal)
+                wb = torch.exp(log_w)  # (S, n, P)
             gb = _cv_features(zb, d, cv_features, antithetic)
+            if wb is not None:
+                gb = torch.cat([(wb - 1.0)[..., None], gb * wb[..., None]], -1)
             if keep_draws:
                 gouts[j].append(gb)
             else:
                 gouts[j] = [gb.sum(2) if not gouts[j] else gouts[j][0] + gb.sum(2)]
+            gk = None
+            if moments is not None and not keep_draws and gb.ndim == 4:
+                gk = gb
+                gg = torch.einsum("snpm,snpk->snmk", gb, gb)
+                moments.setdefault(j, {})
+                moments[j]["gg"] = moments[j]["gg"] + gg if "gg" in moments[j] else gg
             rows = rows_per_draw * (p1 - p0)
             if pending_rows + rows > chunk_size and pending:
                 flush()
-            pending.append((j, zb))
+            pending.append((j, zb, wb, gk))
             pending_rows += rows
             if pending_rows >= chunk_size:
                 flush()
@@ -413,6 +480,32 @@ def _run_stage(
     fbar = [torch.cat(outputs[j], 2) for j in range(J)]
     gs = [torch.cat(gouts[j], 2) for j in range(J)]
     return fbar, gs
+
+
+def _cross_fit_coefficients(
+    sf: Tensor, sg: Tensor, sgg: Tensor, sgf: Tensor, per_rep: float,
+    pilot: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]], pilot_draws: int,
+) -> Tensor:
+    """Per replicate ``r``, the least-squares control-variate coefficients on every draw but ``r``'s.
+
+    ``sf`` ``(R, n)``, ``sg`` ``(R, n, m)``, ``sgg`` ``(R, n, m, m)``, ``sgf`` ``(R, n, m)``: replicate ``r``'s
+    sums over its ``per_rep`` draws of ``f``, ``phi``, ``phi phi^T``, ``phi f``; ``pilot``: the same sums of
+    the pilot (``pilot_draws`` draws), added to every fold.  Returns ``c`` ``(R, n, m)`` with
+    ``c_r = (Cov_-r(phi) + ridge)^-1 Cov_-r(phi, f)`` (the ridge: 1e-9 of the mean feature variance).
+    """
+    R = sf.shape[0]
+    tf, tg, tgg, tgf = sf.sum(0), sg.sum(0), sgg.sum(0), sgf.sum(0)
+    n_o = (R - 1) * per_rep
+    if pilot is not None:
+        tf, tg, tgg, tgf = tf + pilot[0], tg + pilot[1], tgg + pilot[2], tgf + pilot[3]
+        n_o += pilot_draws
+    of, og, ogg, ogf = (tf[None] - sf) / n_o, (tg[None] - sg) / n_o, (tgg[None] - sgg) / n_o, (tgf[None] - sgf) / n_o
+    A = ogg - og[..., :, None] * og[..., None, :]
+    b = ogf - og * of[..., None]
+    m = A.shape[-1]
+    ridge = 1e-9 * torch.diagonal(A, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
+    A = A + ridge[..., None, None] * torch.eye(m, dtype=A.dtype, device=A.device)
+    return torch.linalg.solve(A, b[..., None])[..., 0]
 
 
 def weighted_noise_sum(
@@ -435,6 +528,8 @@ def weighted_noise_sum(
     memory_budget: Optional[int] = None,
     extra_weights: Optional[Tensor] = None,
     cv_features: str = "norm",
+    proposal: Optional[Tuple[float, float]] = None,
+    cross_fit: bool = False,
 ) -> NoiseSumResult:
     """Unbiased replicated estimates of ``S(x_i) = sum_j w_j E_Z f_j(x_i, Z)`` for ``n`` points.
 
@@ -460,9 +555,31 @@ def weighted_noise_sum(
     least-squares fit on the pilot (a small ridge, ``1e-9`` of the mean feature variance), still
     exactly unbiased; it needs at least ``m + 2`` pilot draws (pairs) per node, and ``cv_coef`` is
     then ``(n, J, m)``.  ``"norm"`` (default): ``c_ij (||Z||^2 - d)`` as above.
+
+    ``proposal=(tau, gamma)`` (only with the quadratic control variate): importance sampling of the
+    noise by the change of variables of :func:`tail_transform` (every coordinate ``y = h(z)``, tails
+    of ``N(0, tau^2)``), every value and feature weighted by its ``w``, with ``w - 1`` (mean 0) as
+    one more feature, so that ``E[w (f(h(Z)) - c . phi)] = E_phi[f]`` exactly and the control variate
+    stays exact for a one-Gaussian posterior (``w f = m + m (w - 1) + c . w phi``).  The heavier
+    tails reach the rare draws that move ``x_lambda`` into another mixture component
+    (docs/math.md I35).
+
+    ``cross_fit=True`` (quadratic control variate only): replicate ``r``'s coefficients are the
+    least-squares fit on the pilot and the stage-2 draws of all the OTHER replicates
+    (``c_-r = Cov_-r(phi)^-1 Cov_-r(phi, f)``, from the per-replicate sums of ``phi phi^T`` and
+    ``phi f``), independent of replicate ``r``'s draws, so every replicate stays exactly unbiased while
+    the coefficients rest on ``(R - 1)/R`` of all draws instead of the pilot alone (measured on
+    narrow-component mixtures at d = 2: the pilot's 16 draws per node left 1.5-2.5x the stderr).
+    ``cv_coef`` is then the mean of the ``c_-r`` over the replicates.
     """
     if cv_features not in CV_FEATURES:
         raise ValueError(f"cv_features must be one of {CV_FEATURES}, got {cv_features!r}")
+    proposal = check_proposal(proposal)
+    if proposal is not None and not (control_variate and cv_features == "quadratic"):
+        raise ValueError("proposal needs the quadratic control variate (control_variate='quadratic')")
+    if not isinstance(cross_fit, bool):
+        raise TypeError(f"cross_fit must be a bool, got {cross_fit!r}")
+    cross_fit = cross_fit and bool(control_variate) and cv_features == "quadratic"
     J = weights.numel()
     w = weights.to(device=device, dtype=torch.float64)
     k = 2 if antithetic else 1
@@ -476,6 +593,9 @@ def weighted_noise_sum(
     if memory_budget is not None:
         K = 0 if v is None else v.shape[0]
         per_point = 8 * (2 * J * max(pilot_pairs, 0) * k + 3 * n_replicates * J + 4 * J + n_replicates * (d + K))
+        if cross_fit:  # the per-replicate sums of phi phi^T and phi f at every node
+            m_cf = cv_feature_count(d, "quadratic", antithetic, proposal is not None)
+            per_point += 8 * n_replicates * J * (m_cf * m_cf + 2 * m_cf)
         max_points = min(max_points, max(1, memory_budget // (4 * per_point)))
     if n > max_points:  # one draw for every point and replicate must fit a chunk: split the points
         parts = []
@@ -488,7 +608,8 @@ def weighted_noise_sum(
                     n_replicates=n_replicates, pilot_pairs=pilot_pairs, noise=noise, antithetic=antithetic,
                     control_variate=control_variate, allocation=allocation, generator=generator, device=device,
                     chunk_size=chunk_size, progress=progress, memory_budget=memory_budget,
-                    extra_weights=extra_weights, cv_features=cv_features,
+                    extra_weights=extra_weights, cv_features=cv_features, proposal=proposal,
+                    cross_fit=cross_fit,
                 )
             )
         extras = [p.extra_replicates for p in parts if p.extra_replicates is not None]
@@ -504,7 +625,7 @@ def weighted_noise_sum(
         )
     evals = 0
     quadratic = cv_features == "quadratic" and control_variate
-    m_feat = cv_feature_count(d, cv_features, antithetic) if quadratic else 1
+    m_feat = cv_feature_count(d, cv_features, antithetic, proposal is not None) if quadratic else 1
     if quadratic and pilot_pairs < m_feat + 2:
         raise ValueError(
             f"the quadratic control variate has {m_feat} coefficients per node: it needs n_pilot of at least "
@@ -513,6 +634,7 @@ def weighted_noise_sum(
     cvq = torch.zeros(n, J, m_feat, dtype=torch.float64, device=device)
     cv = torch.zeros(n, J, dtype=torch.float64, device=device)
     sd = torch.ones(J, dtype=torch.float64, device=device)
+    pilot_sums: Dict[int, Tuple[Tensor, Tensor, Tensor, Tensor]] = {}
     pilot_used = pilot_pairs > 0 and (control_variate or allocation == "neyman")
     if pilot_used:
         if pilot_pairs < 2:
@@ -520,7 +642,7 @@ def weighted_noise_sum(
         fb, gs = _run_stage(
             f, n, shape, torch.full((J,), pilot_pairs, dtype=torch.long), 1, noise=noise, antithetic=antithetic,
             generator=generator, device=device, chunk_size=chunk_size, progress=progress,
-            cv_features="quadratic" if quadratic else "norm",
+            cv_features="quadratic" if quadratic else "norm", proposal=proposal,
         )
         evals += J * pilot_pairs * k
         sds = []
@@ -536,6 +658,10 @@ def weighted_noise_sum(
                 c = torch.linalg.solve(A, torch.einsum("npm,np->nm", gc, yc)[..., None])[..., 0]  # (n, m)
                 cvq[:, j] = c
                 r = y - (g * c[:, None, :]).sum(-1)
+                if cross_fit:  # the pilot's sums join every replicate's fit
+                    pilot_sums[j] = (
+                        y.sum(1), g.sum(1), torch.einsum("npm,npk->nmk", g, g), torch.einsum("npm,np->nm", g, y)
+                    )
             elif control_variate:
                 gc = g - g.mean(1, keepdim=True)
                 vg = (gc * gc).sum(1)
@@ -553,10 +679,11 @@ def weighted_noise_sum(
         alloc = allocate(torch.ones(J, dtype=torch.float64), pairs_per_replicate, 1)
     else:
         raise ValueError(f"allocation must be 'neyman' or 'uniform', got {allocation!r}")
+    moments: Optional[Dict[int, Dict[str, Tensor]]] = {} if cross_fit else None
     fb, gs = _run_stage(
         f, n, shape, alloc, n_replicates, noise=noise, antithetic=antithetic, generator=generator,
         device=device, chunk_size=chunk_size, progress=progress, keep_draws=False,
-        cv_features="quadratic" if quadratic else "norm",
+        cv_features="quadratic" if quadratic else "norm", proposal=proposal, moments=moments,
     )
     evals += int(alloc.sum()) * k * n_replicates
     reps = torch.zeros(n_replicates, n, dtype=torch.float64, device=device)
@@ -566,7 +693,12 @@ def weighted_noise_sum(
         P_j = float(alloc[j])
         y = fb[j]  # (R, n): sums over the P_j draws
         g = gs[j]  # (R, n), or (R, n, m) for the quadratic features
-        if quadratic:
+        if quadratic and moments is not None:
+            c_r = _cross_fit_coefficients(y, g, moments[j]["gg"], moments[j]["gf"], P_j, pilot_sums.get(j),
+                                          pilot_pairs)
+            cvq[:, j] = c_r.mean(0)
+            est = y / P_j - (c_r * (g / P_j)).sum(-1)
+        elif quadratic:
             est = y / P_j - (cvq[None, :, j, :] * (g / P_j)).sum(-1)
         else:
             est = y / P_j - cv[None, :, j] * (g / P_j)  # (R, n)
@@ -577,5 +709,5 @@ def weighted_noise_sum(
     return NoiseSumResult(
         replicates=reps, node_means=node_means, allocation=alloc, cv_coef=cvq if quadratic else cv, pilot_sd=sd,
         evals_per_point=evals,
-        info={"d": d}, extra_replicates=extra,
+        info={"d": d, "proposal": proposal}, extra_replicates=extra,
     )

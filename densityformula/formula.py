@@ -420,6 +420,8 @@ def density_formula(
     progress: bool = False,
     atol: Optional[float] = None,
     max_evals: int = 1_000_000,
+    proposal: Union[None, str, Tuple[float, float]] = "auto",
+    cross_fit: Optional[bool] = None,
 ) -> Estimate:
     """``log q_0(x)`` of the model's data law by the score-based density formula (docs/math.md I5, I6).
 
@@ -496,9 +498,14 @@ def density_formula(
             form=form, n_nodes=n_nodes, n_replicates=n_replicates, n_pilot=n_pilot, lambda_range=lambda_range,
             lambda_center=lambda_center, lambda_scale=lambda_scale, tails=tails, noise=noise, antithetic=antithetic,
             control_variate=control_variate, allocation=allocation, divergence=divergence, n_probes=n_probes,
-            chunk_size=chunk_size, memory_budget=memory_budget, progress=progress,
+            chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, proposal=proposal,
+            cross_fit=cross_fit,
         )
     check_int(max_evals, "max_evals", 1)
+    if cross_fit is not None and not isinstance(cross_fit, bool):
+        raise TypeError(f"cross_fit must be None or a bool, got {cross_fit!r}")
+    # without atol, "auto" is no importance sampling (the fixed-budget estimator is unchanged)
+    proposal = None if isinstance(proposal, str) and proposal == "auto" else Q.check_proposal(proposal)
     t0 = time.perf_counter()
     model, schedule = _check_model(model)
     x = _check_x(x, model)
@@ -565,6 +572,8 @@ def density_formula(
         model, x, lam, form, n_probes=n_probes, divergence=divergence, generator=gen
     )
     cv_on, cv_features = _resolve_control_variate(control_variate)
+    if proposal is not None and not (cv_on and cv_features == "quadratic"):
+        raise ValueError("proposal (importance sampling of the noise) needs control_variate='quadratic'")
     pairs = _pairs_per_replicate(n_noise, budget, J, n_replicates, pilot_pairs, k, evals)
     weights = 0.5 * w
     # fine minus coarse companion rule on the finite-range nodes (the tail nodes are exact for their law)
@@ -576,7 +585,8 @@ def density_formula(
         pilot_pairs=pilot_pairs, noise=noise, antithetic=antithetic, control_variate=cv_on,
         allocation=allocation, generator=gen, device=x.device, chunk_size=_chunk_rows(chunk_size, memory_budget, d),
         memory_budget=memory_budget,
-        progress=progress, extra_weights=dw[None], cv_features=cv_features,
+        progress=progress, extra_weights=dw[None], cv_features=cv_features, proposal=proposal,
+        cross_fit=bool(cross_fit) and cv_on and cv_features == "quadratic",
     )
     const = -0.5 * d * _LOG_2PI_E
     wdev = weights.to(x.device)
@@ -664,7 +674,10 @@ _ATOL_MAX_NODES = 512
 _ATOL_NODES = 128  # the fewest nodes of the rounds after the first
 _ATOL_MAX_ROUNDS = 16
 _ATOL_QUADRATIC_MAX_D = 3  # up to this dimension atol mode uses control_variate="quadratic"
+#: the importance proposal of atol mode, (tau, gamma) of _quadrature.tail_transform: N(0, 3^2) tails beyond |z| ~ 1
+_ATOL_PROPOSAL = (3.0, 1.0)
 _ATOL_GROWTH = 4.0  # largest factor between a point's budgets in consecutive rounds
+_ATOL_GUARD = 1.0  # the previous run's stderr scaled to the last budget must be within this multiple of atol
 _ATOL_PILOT = 4096  # evaluations per point of the first round (at least twice its minimum)
 #: range trimming: nodes whose summed |weight| (|mean| + sd) beyond the kept range is below this fraction of atol
 _ATOL_TRIM = 0.01
@@ -720,6 +733,8 @@ def _density_formula_atol(
     n_replicates: int,
     n_pilot: int,
     lambda_range: Optional[Tuple[float, float]],
+    proposal: Union[None, str, Tuple[float, float]] = "auto",
+    cross_fit: Optional[bool] = None,
     **common: Any,
 ) -> Estimate:
     """:func:`density_formula` with accuracy on demand: rounds of independent runs until ``stderr <= atol``.
@@ -781,7 +796,21 @@ def _density_formula_atol(
     if common.get("control_variate", True) is True and d <= _ATOL_QUADRATIC_MAX_D:
         # the full quadratic control variate (measured: 20-30% smaller errors at d = 2 on the broad family)
         common["control_variate"] = "quadratic"
-        n_pilot = max(n_pilot, 2 * k * (Q.cv_feature_count(d, "quadratic", k == 2) + 2))
+    quadratic = isinstance(common.get("control_variate"), str) and common.get("control_variate") == "quadratic"
+    if isinstance(proposal, str) and proposal == "auto":
+        # importance sampling of the noise with heavier tails wherever the quadratic control variate runs
+        # at low dimension (docs/math.md I35: the rare draws that reach another mixture component)
+        proposal = _ATOL_PROPOSAL if quadratic and d <= _ATOL_QUADRATIC_MAX_D else None
+    else:
+        proposal = Q.check_proposal(proposal)
+    if proposal is not None and not quadratic:
+        raise ValueError("proposal (importance sampling of the noise) needs control_variate='quadratic'")
+    if quadratic:
+        n_pilot = max(n_pilot, 2 * k * (Q.cv_feature_count(d, "quadratic", k == 2, proposal is not None) + 2))
+    if cross_fit is not None and not isinstance(cross_fit, bool):
+        raise TypeError(f"cross_fit must be None or a bool, got {cross_fit!r}")
+    # the quadratic control variate's coefficients fitted on the other replicates' draws (None: wherever it runs)
+    common["cross_fit"] = quadratic if cross_fit is None else cross_fit
 
     def min_budget(nodes: int) -> int:
         return evals * k * (nodes + 2) * (n_pilot // k + n_replicates)
@@ -809,7 +838,7 @@ def _density_formula_atol(
         sub_seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
         est = density_formula(
             model, x[idx.to(dev)], budget=b, n_nodes=nodes, n_replicates=n_replicates, n_pilot=n_pilot,
-            lambda_range=rng, seed=sub_seed, **common,
+            lambda_range=rng, seed=sub_seed, proposal=proposal, **common,
         )
         ii = idx.to(dev)
         prev_budget[idx] = last_budget[idx]
@@ -835,6 +864,11 @@ def _density_formula_atol(
         quad_noise = 3.0 * per_point["quadrature_error_se"].cpu().double()
         s = se.cpu().double()
         met = (s <= tol) & ((quad <= tol) | (quad <= quad_noise))
+        # a run's own stderr certifies the target only where the previous run's stderr, scaled to this
+        # budget by the N^-1/2 law, agrees (an independent check): otherwise a stderr that came out small
+        # by chance at a budget grown too little would be selected (measured: max |z| 4.2 at 34k evaluations)
+        predicted = prev_se * torch.sqrt(prev_budget.double() / last_budget.double().clamp_min(1.0))
+        met &= ~torch.isfinite(prev_se) | (predicted <= _ATOL_GUARD * tol)
         done |= met
         todo = torch.nonzero(~done).flatten()
         if todo.numel() == 0:
@@ -901,6 +935,8 @@ def _density_formula_atol(
             "replicates": reps_all,
             "n_replicates": n_replicates,
             "form": form,
+            "proposal": proposal,
+            "cross_fit": bool(common.get("cross_fit")),
         }
     )
     return Estimate(value=value, stderr=se, nfe=int(spent.max()), seconds=time.perf_counter() - t0, extras=extras)

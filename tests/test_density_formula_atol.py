@@ -149,3 +149,82 @@ def test_bad_control_variate_raises_naming_it() -> None:
         density_formula(model, x, control_variate=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="n_pilot"):
         density_formula(model, x, control_variate="quadratic", n_pilot=4)
+
+
+def _narrow_member():
+    """A hard member of the broad family (benchmarks/density_formula_broad.py, ``member(2, 6)``, rounded):
+    a narrow component (scale ~0.04) holding 88% of the mass, 4.5 units from a wider one."""
+    from densityformula.targets import GaussianMixture
+
+    g = GaussianMixture(
+        torch.softmax(torch.tensor([-0.128, -2.119], dtype=torch.float64), 0),
+        [[1.2002, 1.3258], [3.0451, -2.7834]],
+        [[[1.9928e-3, 1.2274e-4], [1.2274e-4, 1.5124e-3]], [[0.2182, -0.014542], [-0.014542, 0.1666]]],
+    )
+    model = AnalyticModel(g, LiYan())
+    x = g.sample(48, generator=torch.Generator().manual_seed(101))
+    return model, x, g.log_prob(x)
+
+
+def test_atol_is_unbiased_and_honest_on_a_narrow_component_mixture() -> None:
+    """Rare noise draws that carry x_lambda into the other component made the old estimator biased
+    (mean z = +0.87, max |z| = 7.0, 41 of 48 inside 1.96 stderr on these points): z = err / stderr must
+    have mean ~0 and spread ~1, the worst point within 4.5 stderr, and the mean error within 3 of its
+    standard errors."""
+    model, x, truth = _narrow_member()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        est = density_formula(model, x, atol=1e-3, max_evals=100_000, seed=5)
+    err = est.value - truth
+    z = err / est.stderr
+    # mean of 48 t_31 draws: sd 1.03 / sqrt(48) = 0.15, so |mean z| <= 0.6 is 4 of its sd
+    assert abs(float(z.mean())) <= 0.6
+    assert 0.7 <= float(z.std()) <= 1.4
+    # the worst point: P(|t_31| > 4.5) ~ 1e-4 per point
+    assert float(z.abs().max()) <= 4.5
+    # binomial(48, 0.941): mean 45.2, sd 1.6; 4 sd below is 38.6
+    assert int((z.abs() <= 1.96).sum()) >= 39
+    # the mean error against its own standard error (3 standard errors of the mean over the points)
+    assert abs(float(err.mean())) <= 3.0 * float(est.stderr.pow(2).sum().sqrt()) / x.shape[0]
+    assert float(err.abs().mean()) <= 1e-3  # measured 4.4e-4 (the old estimator: 2.7e-3)
+    assert est.extras["proposal"] == (3.0, 1.0) and est.extras["cross_fit"] is True
+
+
+def test_tail_transform_weights_integrate_exactly() -> None:
+    """``E[w(Z) g(h(Z))] = E[g(Z)]`` (change of variables, docs/math.md I35) by quadrature on a fine grid."""
+    from densityformula._quadrature import tail_transform
+
+    z = torch.linspace(-9.0, 9.0, 180_001, dtype=torch.float64)
+    y, log_w = tail_transform(z[:, None], (3.0, 1.0))
+    phi = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    dz = float(z[1] - z[0])
+    for g, exact in ((lambda t: torch.ones_like(t), 1.0), (lambda t: t**2, 1.0), (lambda t: t**4, 3.0),
+                     (lambda t: torch.exp(-((t - 3.0) ** 2)), math.exp(-3.0) / math.sqrt(3.0))):
+        assert abs(float((phi * torch.exp(log_w) * g(y[:, 0])).sum()) * dz - exact) < 1e-8
+    # tails of N(0, tau^2): y ~ 3 z beyond |z| ~ 1, and the weight is bounded
+    assert abs(float(y[-1, 0]) / 9.0 - 3.0) < 0.02 and float(log_w.exp().max()) < 2.0
+
+
+def test_proposal_keeps_the_quadratic_control_variate_exact_for_one_gaussian() -> None:
+    from densityformula.targets import GaussianMixture
+
+    g = GaussianMixture([1.0], [[0.5, -1.0]], [[[2.0, 0.9], [0.9, 0.5]]])
+    model = AnalyticModel(g, LiYan())
+    x = g.sample(4, generator=torch.Generator().manual_seed(0))
+    for cf in (False, True):
+        est = density_formula(model, x, budget=12_000, control_variate="quadratic", proposal=(3.0, 1.0),
+                              cross_fit=cf, n_pilot=18, seed=1)
+        assert float((est.value - g.log_prob(x)).abs().max()) < 1e-7
+        assert float(est.stderr.max()) < 1e-7
+
+
+def test_bad_proposal_and_cross_fit_raise_naming_them() -> None:
+    model, x, _ = _case(2)
+    with pytest.raises(ValueError, match="proposal"):
+        density_formula(model, x, proposal=(3.0, 1.0))  # needs control_variate="quadratic"
+    with pytest.raises(ValueError, match="proposal"):
+        density_formula(model, x, control_variate="quadratic", proposal=(0.5, 1.0))
+    with pytest.raises(TypeError, match="proposal"):
+        density_formula(model, x, control_variate="quadratic", proposal="wide")
+    with pytest.raises(TypeError, match="cross_fit"):
+        density_formula(model, x, atol=1e-2, cross_fit="yes")  # type: ignore[arg-type]
