@@ -19,7 +19,7 @@ land exactly on the end time, instead of stepping past it and interpolating.
 """
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -47,8 +47,43 @@ _E = (
     -1.0 / 60.0,
 )
 _SAFETY, _IFACTOR, _DFACTOR, _ORDER = 0.9, 10.0, 0.2, 5
+# Shampine's midpoint weights of the dense output (as torchdiffeq's DPS_C_MID): y(t0 + h/2)
+_C_MID = (
+    6025192743 / 30085553152 / 2,
+    0.0,
+    51252292925 / 65400821598 / 2,
+    -2691868925 / 45128329728 / 2,
+    187940372067 / 1594534317056 / 2,
+    -1776094331 / 19743644256 / 2,
+    11237099 / 235043384 / 2,
+)
 
 Func = Callable[[Tensor, Tensor, Tensor], Tensor]
+#: ``on_accept(idx (k,), t0 (k,), dt (k,), dense)`` with ``dense(theta (q,)) -> (q, k, m)``
+OnAccept = Callable[[Tensor, Tensor, Tensor, Callable[[Tensor], Tensor]], None]
+
+
+def dense_output(
+    y0: Tensor, y1: Tensor, f0: Tensor, f1: Tensor, ks: List[Tensor], dt: Tensor
+) -> Callable[[Tensor], Tensor]:
+    """The order-4 continuous extension of one Dormand--Prince step (Shampine; as ``torchdiffeq``).
+
+    The quartic in ``theta = (t - t0)/dt`` through ``y0``, ``y1``, the midpoint value
+    ``y0 + dt sum_i c_mid_i k_i`` and the end slopes ``f0, f1``; returns ``theta (q,) -> (q, k, m)``.
+    """
+    dty = dt.to(y0.dtype)[:, None]
+    y_mid = y0 + dty * sum(c * kk for c, kk in zip(_C_MID, ks) if c != 0.0)
+    a = 2 * dty * (f1 - f0) - 8 * (y1 + y0) + 16 * y_mid
+    b = dty * (5 * f0 - 3 * f1) + 18 * y0 + 14 * y1 - 32 * y_mid
+    c = dty * (f1 - 4 * f0) - 11 * y0 - 5 * y1 + 16 * y_mid
+    d = dty * f0
+
+    def at(theta: Tensor) -> Tensor:
+        th = theta.to(y0.dtype)[:, None, None]
+        out: Tensor = y0 + th * (d + th * (c + th * (b + th * a)))
+        return out
+
+    return at
 
 
 def initial_h0(d0: Tensor, d1: Tensor, span: Tensor) -> Tensor:
@@ -80,6 +115,7 @@ def dopri5_per_point(
     atol: float,
     err_cols: Tensor,
     max_steps: int = 100_000,
+    on_accept: Optional[OnAccept] = None,
 ) -> Tuple[Tensor, Tensor, int]:
     """Integrate ``dy/dt = func(t, y, idx)`` from ``t0`` to ``t1`` independently for each row.
 
@@ -92,6 +128,11 @@ def dopri5_per_point(
         rtol, atol: tolerances of the mixed error test ``|err| <= atol + rtol max(|y0|, |y1|)``.
         err_cols: boolean ``(m,)``: the components that enter the error norm.
         max_steps: attempts per point before ``RuntimeError``.
+        on_accept: called once per iteration with the rows whose step was accepted:
+            ``on_accept(idx, t0, dt, dense)``, ``t0``/``dt`` the steps' starts and signed lengths,
+            ``dense(theta)`` the steps' order-4 dense output (:func:`dense_output`) at the
+            fractions ``theta`` (``(q,) -> (q, k, m)``).  Used to integrate a function along the
+            path by quadrature within each accepted step (``probability_flow(trace_nodes=...)``).
 
     Returns:
         ``(y1 (n, m), nfe (n,) int64, n_iterations)``.
@@ -161,6 +202,11 @@ def dopri5_per_point(
         factor = torch.minimum(torch.full_like(ratio, _IFACTOR), torch.maximum(safe, lower))
         h[A] = hA * factor
         acc = A[accept]
+        if on_accept is not None and bool(accept.any()):
+            on_accept(
+                acc, tA[accept], dt[accept],
+                dense_output(yA[accept], y5[accept], kA[accept], ks[6][accept], [kk[accept] for kk in ks], dt[accept]),
+            )
         y[acc] = y5[accept]
         k1[acc] = ks[6][accept]
         new_tau = tA + dt
