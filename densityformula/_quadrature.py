@@ -505,7 +505,8 @@ def _cross_fit_coefficients(
     m = A.shape[-1]
     ridge = 1e-9 * torch.diagonal(A, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
     A = A + ridge[..., None, None] * torch.eye(m, dtype=A.dtype, device=A.device)
-    return torch.linalg.solve(A, b[..., None])[..., 0]
+    coef: Tensor = torch.linalg.solve(A, b[..., None])[..., 0]
+    return coef
 
 
 def weighted_noise_sum(
