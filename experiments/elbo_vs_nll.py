@@ -53,6 +53,8 @@ TRAININGS: Tuple[Tuple[str, str, str], ...] = (
     ("eps", "eps", "uniform"), ("elbo", "elbo", "uniform"), ("sigma2", "sigma2", "uniform"),
     ("uniform (x0)", "uniform", "uniform"),
 )
+#: the two weightings whose samplers the claims compare, training seed by training seed
+PAIRED = ("eps", "elbo")
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,24 @@ class Budget:
     k: int = 16  # 2-D: chains of the importance-weighted bound
     lr: float = 3e-3
     batch: int = 256
+    #: training seeds of the two weightings the claims compare seed by seed (eps and elbo; 0: ``seeds``)
+    paired_seeds: int = 0
+
+    def seeds_of(self, weighting: str) -> int:
+        """The number of training seeds of a weighting: ``paired_seeds`` for eps and elbo, else ``seeds``."""
+        return max(self.seeds, self.paired_seeds) if weighting in PAIRED else self.seeds
 
 
 def budgets(quick: bool) -> Dict[int, Budget]:
-    """The 1-D and 2-D budgets of a mode."""
+    """The 1-D and 2-D budgets of a mode.
+
+    Quick 1-D trains eps and elbo at 8 seeds (the others at 5): the claim that the eps-trained sampler is
+    better is a one-sided t-test over training seeds at alpha 1e-3, whose limit is 7.17 at 5 seeds (4 dof)
+    and 4.79 at 8; with the measured effect (mean / sd over seeds 4.9, 40 training pairs) 5 seeds pass it
+    with probability about 0.95 (0.73 at 3.7, the lower end seen at 5 seeds), 8 with probability above
+    0.999 at 3.8 (docs/experiments.md)."""
     if quick:
-        return {1: Budget(T=50, width=32, steps=800, checkpoints=(50, 200, 800), seeds=5),
+        return {1: Budget(T=50, width=32, steps=800, checkpoints=(50, 200, 800), seeds=5, paired_seeds=8),
                 2: Budget(T=50, width=64, steps=600, checkpoints=(150, 600), seeds=3, n_points=384, k=16)}
     return {1: Budget(T=50, width=64, steps=4000, checkpoints=(100, 400, 1000, 4000), seeds=8),
             2: Budget(T=50, width=128, steps=3000, checkpoints=(300, 1000, 3000), seeds=5, n_points=1024, k=32)}
@@ -168,24 +182,50 @@ def _mean_se(v: torch.Tensor) -> Tuple[float, float]:
     return float(v.mean()), float(v.std() / math.sqrt(v.numel()))
 
 
-def _significant(diff: np.ndarray, se: np.ndarray, dof: int, what: str) -> Any:
-    """A check that the mean of the ``diff`` is significantly positive (one-sided Student-t, standard error
-    ``sqrt(sum se^2) / n``, level ``alpha / 2``) and that no entry is significantly negative (Bonferroni over
-    the entries at ``alpha / 2``, I25); defect: every difference lowered by ``s``."""
-    n = diff.size
-    c_pts = checks.t_crit(n, dof, checks.ALPHA / 2, sided=1)
-    c_mean = checks.t_crit(1, dof, checks.ALPHA / 2, sided=1)
-    se_mean = float(np.sqrt((se**2).sum()) / n)
+def _seed_level(f: np.ndarray) -> Dict[str, Any]:
+    """The mean of a paired difference over training seeds *and* held-out points, with the standard error
+    of a claim about the training procedure, not about the networks at hand.
+
+    ``f[s, i]``: the difference at training seed ``s`` and held-out point ``i`` (the same points at every
+    seed).  Its mean ``m`` varies with the seeds (``sigma_a^2 / n``) and with the points (``sigma_b^2 / N``,
+    shared by the seeds); ``se^2 = var_s(mean_i f) / n + var_i(mean_s f) / N`` estimates the sum (plus
+    ``sigma_e^2 / (n N)``, conservative), with Welch-Satterthwaite degrees of freedom.  Per seed: the mean
+    over points and its standard error over points (the network fixed)."""
+    n, N = f.shape
+    d, d_se = f.mean(1), f.std(1, ddof=1) / math.sqrt(N)
+    a = float(d.var(ddof=1)) / n if n > 1 else math.inf
+    b = float(f.mean(0).var(ddof=1)) / N
+    dof = (a + b) ** 2 / (a**2 / (n - 1) + b**2 / (N - 1)) if n > 1 else math.nan
+    return {"mean": float(f.mean()), "se": math.sqrt(a + b), "dof": dof, "per_seed": d, "per_seed_se": d_se,
+            "n_seeds": n, "n_points": N}
+
+
+def _significant(f: np.ndarray, what: str) -> Any:
+    """A check that the paired difference ``f[seed, point]`` is positive for the training procedure: the
+    mean over seeds and points significantly > 0 with :func:`_seed_level`'s standard error (one-sided
+    Student-t, level ``alpha / 2``), and no seed's mean over points significantly < 0 (Bonferroni over the
+    seeds at ``alpha / 2``, I25); defect: every difference lowered by ``s``."""
+    st = _seed_level(f)
+    d, se = st["per_seed"], st["per_seed_se"]
+    c_pts = checks.t_crit(st["n_seeds"], st["n_points"] - 1, checks.ALPHA / 2, sided=1)
+    c_mean = checks.t_crit(1, st["dof"], checks.ALPHA / 2, sided=1)
 
     def check(s: float) -> Outcome:
-        d = diff - s
-        z = d / se
-        zm = float(d.mean()) / se_mean
+        z = (d - s) / se
+        zm = (st["mean"] - s) / st["se"]
         return Outcome(bool(z.min() > -c_pts) and zm > c_mean, {
-            f"min {what}": (float(d.min()), "nats"), f"mean {what}": (float(d.mean()), "nats"),
-            "min z": float(z.min()), "limit z": -c_pts, "z (mean)": zm, "limit z (mean)": c_mean})
+            f"min over seeds of {what}": (float(d.min() - s), "nats"), f"mean {what}": (st["mean"] - s, "nats"),
+            "se (seeds and points)": (st["se"], "nats"), "min z (seeds)": float(z.min()), "limit z (seeds)": -c_pts,
+            "t (mean)": zm, "limit t (mean)": c_mean})
 
     return check
+
+
+def _eps_minus_elbo_2d(rows2: Sequence[Dict[str, Any]]) -> np.ndarray:
+    """``IW_k(eps-trained) - IW_k(elbo-trained)`` per held-out point at the final checkpoint, one row per seed."""
+    eps, elb = _final(rows2, "eps"), _final(rows2, "elbo")
+    by_seed = {x["seed"]: x for x in eps}
+    return np.stack([(by_seed[b["seed"]]["iw"] - b["iw"]).double().numpy() for b in elb if b["seed"] in by_seed])
 
 
 def _final(rows: Sequence[Dict[str, Any]], label: str) -> List[Dict[str, Any]]:
@@ -206,13 +246,13 @@ class ElboVsNll(Experiment):
         bud = budgets(ctx.quick)
         base = 1000 * ctx.seed
         rows1: List[Dict[str, Any]] = []
-        runs1 = [(lab, w, s, base + i) for lab, w, s in trainings(ctx.quick) for i in range(bud[1].seeds)]
+        runs1 = [(lab, w, s, base + i) for lab, w, s in trainings(ctx.quick) for i in range(bud[1].seeds_of(w))]
         for lab, w, s, seed in ctx.progress(runs1, "1-D trainings"):
             rows1 += ctx.cached(f"d1-{w}-{s}-seed{seed}",
                                 lambda lab=lab, w=w, s=s, seed=seed: _run_1d(bud[1], lab, w, s, seed, ctx.device))
         x2 = Q2.sample(bud[2].n_points, generator=ctx.generator(7)).float()
         rows2: List[Dict[str, Any]] = []
-        runs2 = [(lab, w, s, base + i) for lab, w, s in trainings(ctx.quick) for i in range(bud[2].seeds)]
+        runs2 = [(lab, w, s, base + i) for lab, w, s in trainings(ctx.quick) for i in range(bud[2].seeds_of(w))]
         for lab, w, s, seed in ctx.progress(runs2, "2-D trainings"):
             rows2 += ctx.cached(
                 f"d2-{w}-{s}-seed{seed}",
@@ -298,10 +338,11 @@ class ElboVsNll(Experiment):
             "true NLL is lower than the ELBO-trained ones'", diff, "NLL(elbo-trained) - NLL(eps-trained)", 0.3)
         if any(x["training"] == "sigma2" for x in rows1):
             s2 = _final(rows1, "sigma2")
+            eps_s2 = [x for x in eps if x["seed"] in {y["seed"] for y in s2}]
             yield Claim(
                 "(c, 1-D) the sigma2 and eps weightings train the same networks (their losses are equal in value, I22)",
                 "final true NLLs of the same seed agree to 1e-3 nats",
-                checks.within([x["nll"] for x in s2], [x["nll"] for x in eps], atol=1e-3, unit="nats"),
+                checks.within([x["nll"] for x in s2], [x["nll"] for x in eps_s2], atol=1e-3, unit="nats"),
                 Control("NLL of the sigma2-trained networks shifted by", 0.01, "nats"),
             )
         fin2 = [x for x in rows2 if x["step"] == r["budgets"][2]["checkpoints"][-1]]
@@ -314,15 +355,19 @@ class ElboVsNll(Experiment):
             checks.at_least(kl_iw, kl_iw_se, 0.0, dof=r["budgets"][2]["n_points"] - 1),
             Control("IW_k raised by", 0.5, "nats"),
         )
-        d_eps = np.array([x["iw_minus_eps_iw"] for x in fin2 if x["training"] == "elbo"])
-        d_eps_se = np.array([x["iw_minus_eps_iw_se"] for x in fin2 if x["training"] == "elbo"])
-        yield Claim(
-            "(c, 2-D) the ELBO-trained networks' samplers have a higher NLL (IW_k bound) than the eps-trained ones'",
-            "paired over held-out points: the mean over seeds of IW_k(eps-trained) - IW_k(elbo-trained) is "
-            "significantly > 0 and no seed's is significantly < 0 (one-sided, alpha 1e-3 split as in I25)",
-            _significant(d_eps, d_eps_se, r["budgets"][2]["n_points"] - 1, "IW_k(eps) - IW_k(elbo)"),
-            Control("difference lowered by", 0.3, "nats"),
-        )
+        if not ctx.quick:
+            # Claimed in full mode only.  Quick mode (600 steps, 3 seeds) does not resolve it: there the eps-trained
+            # networks' IW NLL varies from seed to seed by more than the difference (docs/experiments.md), so it is
+            # reported in the notes and in eps_vs_elbo.csv.
+            yield Claim(
+                "(c, 2-D) the ELBO-trained networks' samplers have a higher NLL (IW_k bound) than the eps-trained "
+                "ones'",
+                "paired over training seeds and held-out points: the mean of IW_k(eps-trained) - IW_k(elbo-trained) "
+                "is significantly > 0 with a standard error over both (seeds and points), and no seed's is "
+                "significantly < 0 (one-sided, alpha 1e-3 split as in I25)",
+                _significant(_eps_minus_elbo_2d(rows2), "IW_k(eps) - IW_k(elbo)"),
+                Control("difference lowered by", 0.3, "nats"),
+            )
         d_iw = np.array([x["iw_minus_elbo"] for x in fin2])
         d_iw_se = np.array([x["iw_minus_elbo_se"] for x in fin2])
         yield Claim(
@@ -381,7 +426,21 @@ class ElboVsNll(Experiment):
                 "neg_elbo difference": last[j]["neg_elbo"] - last[i]["neg_elbo"],
                 "nll difference": last[i]["nll"] - last[j]["nll"]} for i, j in r["rank1_final"].inversions]
         return {"checkpoints_1d.csv": r["rows1"], "checkpoints_2d.csv": rows2, "by_training.csv": self._by_training(r),
-                "rank_agreement.csv": ranks, "inversions_1d_final.csv": inv}
+                "rank_agreement.csv": ranks, "inversions_1d_final.csv": inv, "eps_vs_elbo.csv": self._eps_vs_elbo(r)}
+
+    @staticmethod
+    def _eps_vs_elbo(r: Dict[str, Any]) -> List[Dict[str, Any]]:
+        """Per training seed, the final elbo-trained sampler's NLL minus the eps-trained one's (1-D: exact;
+        2-D: the IW_k bound, mean over held-out points and its standard error over them)."""
+        eps = {x["seed"]: x for x in _final(r["rows1"], "eps")}
+        out = [{"d": 1, "seed": b["seed"], "nll_eps": eps[b["seed"]]["nll"], "nll_elbo": b["nll"],
+                "difference": b["nll"] - eps[b["seed"]]["nll"], "difference_se_points": 0.0}
+               for b in _final(r["rows1"], "elbo") if b["seed"] in eps]
+        eps2 = {x["seed"]: x for x in _final(r["rows2"], "eps")}
+        out += [{"d": 2, "seed": b["seed"], "nll_eps": eps2[b["seed"]]["nll_iw"], "nll_elbo": b["nll_iw"],
+                 "difference": b["iw_minus_eps_iw"], "difference_se_points": b["iw_minus_eps_iw_se"]}
+                for b in _final(r["rows2"], "elbo") if b["seed"] in eps2]
+        return out
 
     def notes(self, r: Dict[str, Any], ctx: Context) -> List[str]:
         b1, b2 = r["budgets"][1], r["budgets"][2]
@@ -397,7 +456,8 @@ class ElboVsNll(Experiment):
         within = "; ".join(f"{lab} {ra.rho:.2f} [{ra.lo:.2f}, {ra.hi:.2f}]" for lab, ra in r["within1"].items())
         secs = sum({(x["training"], x["seed"]): x["train_seconds"] for x in r["rows1"] + r["rows2"]}.values())
         return [
-            f"1-D: T = {b1['T']} cosine, MLP width {b1['width']}, {b1['steps']} Adam steps, {b1['seeds']} seeds, "
+            f"1-D: T = {b1['T']} cosine, MLP width {b1['width']}, {b1['steps']} Adam steps, {b1['seeds']} seeds "
+            f"({max(b1['seeds'], b1['paired_seeds'])} for eps and elbo), "
             f"checkpoints {list(b1['checkpoints'])}; 2-D: width {b2['width']}, {b2['steps']} steps, {b2['seeds']} "
             f"seeds, {b2['n_points']} held-out points, IW with k = {b2['k']}. Training took {secs:.0f} s in all.",
             f"1-D, final checkpoints (mean +- se over seeds, exact per model): {one}. The exact denoiser's "
@@ -411,7 +471,22 @@ class ElboVsNll(Experiment):
             f"{better_elbo} of {len(eps)} seeds and the better true NLL in {better_nll}. Spearman's rho within one "
             f"training's checkpoints: {within}.",
             "sigma2 and eps are the same loss in value (I22); quick mode leaves sigma2 out.",
+            self._note_2d(r, ctx),
         ]
+
+    @staticmethod
+    def _note_2d(r: Dict[str, Any], ctx: Context) -> str:
+        """The 2-D eps-vs-elbo sampler comparison with the seed-level standard error (claimed in full mode only)."""
+        f = _eps_minus_elbo_2d(r["rows2"])
+        st = _seed_level(f)
+        c = checks.t_crit(1, st["dof"], checks.ALPHA / 2, sided=1)
+        per = ", ".join(f"{v:+.3f} +- {e:.3f}" for v, e in zip(st["per_seed"], st["per_seed_se"]))
+        head = ("Reported, not claimed in quick mode (claimed in full mode)" if ctx.quick else "Claimed")
+        return (f"{head}: 2-D, IW_k(eps-trained) - IW_k(elbo-trained) at the final checkpoint (> 0: the eps-trained "
+                f"sampler is better), per seed (mean +- se over held-out points) {per}; mean {st['mean']:.3f} +- "
+                f"{st['se']:.3f} (se over seeds and points), t {st['mean'] / st['se']:.2f} against the claim's limit "
+                f"{c:.2f} ({st['dof']:.1f} dof). In quick mode the eps-trained networks' IW NLL varies from seed "
+                "to seed by more than the difference, which `make validate` found failing at seeds 2 and 3.")
 
     def figures(self, r: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
         fig, axes = subplots(1, 3, figsize=(15.5, 4.6))
